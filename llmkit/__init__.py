@@ -1,0 +1,67 @@
+"""llmkit: one routing client for LLM providers, built for notebooks.
+
+    >>> import llmkit
+    >>> client = llmkit.Client()           # keys from the environment, else the offline mock
+    >>> client.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}]).content
+
+Heavy libraries (pandas, panel, genai-prices) are imported on first use, so ``import llmkit`` is fast.
+"""
+
+from __future__ import annotations
+
+from ._config import ProviderConfig
+from ._errors import (
+    AllProvidersFailedError,
+    AuthenticationError,
+    BadRequestError,
+    BudgetExceededError,
+    CircuitOpenError,
+    ConfigError,
+    ContextWindowExceededError,
+    InvalidRequestError,
+    LLMError,
+    NoProviderError,
+    NotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    QuotaExceededError,
+    RateLimitError,
+    RequestTimeoutError,
+    ServerError,
+)
+from ._types import Attempt, Request, Response, StreamChunk, Usage
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllProvidersFailedError",
+    "Attempt",
+    "AuthenticationError",
+    "BadRequestError",
+    "BudgetExceededError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ContextWindowExceededError",
+    "InvalidRequestError",
+    "LLMError",
+    "NoProviderError",
+    "NotFoundError",
+    "OverloadedError",
+    "PermissionDeniedError",
+    "ProviderConfig",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderTimeoutError",
+    "QuotaExceededError",
+    "RateLimitError",
+    "Request",
+    "RequestTimeoutError",
+    "Response",
+    "ServerError",
+    "StreamChunk",
+    "Usage",
+    "__version__",
+]

@@ -1,0 +1,86 @@
+"""The event log: every attempt, retry, fallback, breaker transition, wait and health check.
+
+A bounded, thread-safe buffer of ``Event``s. The router and the health monitor write; ``events()``,
+the health table and the dashboard read (from any thread). ``since(seq)`` returns only what is new.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The kinds of event, and what their ``detail`` holds.
+KINDS = (
+    "attempt",          # provider, model, outcome, error, duration_s, retry
+    "retry",            # provider, model, error, sleep_s, retry
+    "fallback",         # from provider/model to the next candidate, error
+    "breaker",          # provider, old, new
+    "rate_limit_wait",  # provider, waited_s
+    "queue_wait",       # provider, waited_s
+    "provider_pause",   # provider, pause_s (a server asked us to back off)
+    "health_check",     # provider, ok, error, duration_s
+    "request",          # request finished: status, error_type
+)
+
+
+@dataclass(slots=True)
+class Event:
+    seq: int
+    time: float  # wall clock, seconds since the epoch (UTC)
+    kind: str
+    provider: str | None = None
+    request_id: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_row(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "kind": self.kind, "provider": self.provider,
+                "request_id": self.request_id, **self.detail}
+
+
+class EventLog:
+    """A bounded buffer of events; the oldest are dropped past ``maxlen``."""
+
+    def __init__(self, maxlen: int = 50_000, wallclock: Callable[[], float] = time.time) -> None:
+        self._events: deque[Event] = deque(maxlen=maxlen)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._wallclock = wallclock
+        self._listeners: list[Callable[[Event], None]] = []
+
+    def emit(self, kind: str, provider: str | None = None, request_id: str | None = None,
+             **detail: Any) -> Event:
+        with self._lock:
+            self._seq += 1
+            event = Event(self._seq, self._wallclock(), kind, provider, request_id, detail)
+            self._events.append(event)
+        for listener in self._listeners:
+            listener(event)
+        return event
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        self._listeners.append(listener)
+
+    def snapshot(self, kind: str | None = None) -> list[Event]:
+        with self._lock:
+            events = list(self._events)
+        return events if kind is None else [e for e in events if e.kind == kind]
+
+    def since(self, seq: int) -> list[Event]:
+        """Events with a sequence number above ``seq`` (still in the buffer)."""
+        with self._lock:
+            if not self._events or self._events[-1].seq <= seq:
+                return []
+            first = self._events[0].seq
+            start = max(0, seq - first + 1)
+            return [self._events[i] for i in range(start, len(self._events))]
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def __len__(self) -> int:
+        return len(self._events)

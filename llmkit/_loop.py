@@ -1,0 +1,158 @@
+"""The private event loop behind the sync API (and the home of all of llmkit's async state).
+
+All of a client's connection pools, limiters, breakers and queues live on one event loop running in a
+daemon thread. The sync API submits coroutines to it with ``run_coroutine_threadsafe`` and waits; the
+async API awaits them from whatever loop the caller is on (a new one per ``asyncio.run`` is fine).
+This works in a script, in a Jupyter cell whose loop is already running, and from many threads, and
+it patches nothing in asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+class LoopThread:
+    """An event loop in a daemon thread, started on first use."""
+
+    def __init__(self, name: str = "llmkit-loop", loop_factory: LoopFactory | None = None) -> None:
+        self._name = name
+        self._factory = loop_factory or asyncio.new_event_loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None or not loop.is_running() or self._pid != os.getpid():
+            loop = self._start()
+        return loop
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is not None and self._loop.is_running() and self._pid == os.getpid():
+                return self._loop
+            self._pid = os.getpid()
+            loop = self._factory()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                try:
+                    loop.run_forever()
+                finally:
+                    with contextlib.suppress(Exception):
+                        loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
+
+            thread = threading.Thread(target=run, name=self._name, daemon=True)
+            thread.start()
+            ready.wait()
+            self._loop, self._thread = loop, thread
+            return loop
+
+    def in_loop_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the private loop; returns a thread-safe future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the private loop and block this thread for its result.
+
+        On a timeout or Ctrl-C the underlying task is cancelled before the error propagates.
+        """
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "llmkit's sync API was called from inside llmkit's own event loop (a callback?); "
+                "use the async API (await client.acompletion(...)) there"
+            )
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError(f"no result within {timeout}s; the request was cancelled") from None
+        except BaseException:
+            future.cancel()
+            raise
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the private loop from any other loop; cancelling the caller cancels it."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running is self._loop:
+            return await coro
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        """Stop the loop and join its thread (used by tests and at interpreter exit)."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is not None and loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+
+_shared: LoopThread | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_loop() -> LoopThread:
+    """The process-wide loop thread that clients use unless given their own."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = LoopThread()
+        return _shared
+
+
+class VirtualTimeLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock jumps forward whenever it would otherwise sit idle waiting for a timer.
+
+    For tests and simulations of time-driven behaviour (rate limits, backoff, breaker timeouts): a
+    ``sleep(30)`` completes at once while ``loop.time()`` advances 30 seconds. Real I/O still works,
+    but the clock only jumps when no file descriptor is ready, so use it with in-process providers.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        super().__init__()
+        self._virtual_now = start
+        selector = self._selector  # type: ignore[attr-defined]
+        real_select = selector.select
+
+        def select(timeout: float | None = None) -> list[Any]:
+            ready: list[Any] = real_select(0)
+            if ready or timeout == 0:
+                return ready
+            if timeout is None:
+                return real_select(None)  # nothing scheduled: wait for a thread-safe wake-up
+            self._virtual_now += timeout
+            return real_select(0)
+
+        selector.select = select
+
+    def time(self) -> float:
+        return self._virtual_now

@@ -1,0 +1,65 @@
+"""The provider interface: one abstract coroutine, ``complete``; optional ``stream`` and ``health_check``.
+
+An adapter translates a ``Request`` into its wire format, makes one HTTP call and translates the
+answer (or the error) back. It does no retries, fallback or rate limiting: the router does.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .._errors import ConfigError
+from .._types import Request, Response, StreamChunk, Usage
+
+if TYPE_CHECKING:
+    from .._config import ProviderConfig
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap token estimate (about four characters a token) for when a server sends no usage."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def estimate_usage(request: Request, output_text: str) -> Usage:
+    prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+    return Usage(input_tokens=prompt, output_tokens=estimate_tokens(output_text), estimated=True)
+
+
+class Provider(ABC):
+    """Base class of every adapter. Subclasses set ``adapter`` and implement ``complete``."""
+
+    adapter: ClassVar[str] = "custom"
+    #: Name genai-prices knows this provider by ("openai", "anthropic"); None for local/unpriced.
+    price_provider_id: ClassVar[str | None] = None
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @abstractmethod
+    async def complete(self, request: Request) -> Response:
+        """Send ``request`` (``request.model`` is the model to ask for) and return the reply."""
+
+    def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
+        """Yield text chunks; the last chunk carries the final ``Response`` (usage included)."""
+        raise ConfigError(f"adapter {self.adapter!r} (provider {self.name!r}) does not support streaming")
+
+    async def health_check(self) -> None:
+        """Raise a ``ProviderError`` if the provider is not reachable. The default checks nothing."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} adapter={self.adapter!r}>"
+
+    def response(self, request: Request, **fields: Any) -> Response:
+        """A ``Response`` for ``request`` from this provider (the router fills in cost, attempts, latency)."""
+        fields.setdefault("model", request.model)
+        return Response(id=request.id, provider=self.name, requested_model=request.model, **fields)

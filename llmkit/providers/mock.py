@@ -1,0 +1,156 @@
+"""The mock adapter: in-process, deterministic (seeded), scriptable. Every offline tutorial runs on it.
+
+Options (``ProviderConfig.options``):
+
+- ``replies``: a list of strings used in turn, or a dict mapping a prompt (the last user message) to a
+  reply; otherwise the reply echoes the prompt.
+- ``latency``: seconds per call (a number, or ``[low, high]`` drawn from the seeded generator).
+- ``failure_rate``: probability (0..1) that a call fails; ``failure_kinds``: the kinds it picks from
+  (``server``, ``overloaded``, ``rate_limit``, ``timeout``, ``connection``, ``auth``, ``quota``,
+  ``bad_request``, ``context_window``, ``not_found``), default ``["server"]``.
+- ``cached_ratio``: the share of prompt tokens reported as cache reads; ``seed``: the generator's seed.
+
+At run time, ``set_down(True)`` simulates an outage and ``fail_next(n, kind)`` scripts failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from .. import _errors as e
+from .._config import ProviderConfig
+from .._errors import ConfigError, ProviderError
+from .._types import Request, Response, StreamChunk, Usage
+from .base import Provider, estimate_tokens
+
+_FAILURES: dict[str, Callable[[str], ProviderError]] = {
+    "server": lambda p: e.ServerError("mock: internal server error", provider=p, status=500),
+    "overloaded": lambda p: e.OverloadedError("mock: overloaded", provider=p, status=529, code="overloaded_error"),
+    "rate_limit": lambda p: e.RateLimitError("mock: rate limited", provider=p, status=429, retry_after=1.0),
+    "timeout": lambda p: e.ProviderTimeoutError("mock: timed out", provider=p),
+    "connection": lambda p: e.ProviderConnectionError("mock: connection refused", provider=p),
+    "auth": lambda p: e.AuthenticationError("mock: invalid api key", provider=p, status=401),
+    "quota": lambda p: e.QuotaExceededError("mock: quota exceeded", provider=p, status=429,
+                                            code="insufficient_quota"),
+    "bad_request": lambda p: e.BadRequestError("mock: invalid request", provider=p, status=400),
+    "context_window": lambda p: e.ContextWindowExceededError(
+        "mock: context length exceeded", provider=p, status=400, code="context_length_exceeded"),
+    "not_found": lambda p: e.NotFoundError("mock: model not found", provider=p, status=404, code="model_not_found"),
+}
+FAILURE_KINDS = tuple(_FAILURES)
+
+
+class MockProvider(Provider):
+    adapter = "mock"
+    price_provider_id = None
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        opts = dict(config.options)
+        known = {"replies", "latency", "failure_rate", "failure_kinds", "cached_ratio", "seed", "chunk_words"}
+        unknown = set(opts) - known
+        if unknown:
+            raise ConfigError(f"provider {config.name!r}: unknown mock option {sorted(unknown)[0]!r}; "
+                              f"expected one of {sorted(known)}")
+        self._rng = random.Random(opts.get("seed", 0))
+        self._replies = opts.get("replies")
+        self._reply_index = 0
+        latency = opts.get("latency", 0.0)
+        if isinstance(latency, (int, float)):
+            latency = (float(latency), float(latency))
+        self.latency: tuple[float, float] = (float(latency[0]), float(latency[1]))
+        self.failure_rate = float(opts.get("failure_rate", 0.0))
+        if not 0.0 <= self.failure_rate <= 1.0:
+            raise ConfigError(f"provider {config.name!r}: option 'failure_rate': expected 0..1")
+        kinds = list(opts.get("failure_kinds", ["server"]))
+        for kind in kinds:
+            if kind not in _FAILURES:
+                raise ConfigError(f"provider {config.name!r}: option 'failure_kinds': unknown kind {kind!r}; "
+                                  f"expected some of {list(FAILURE_KINDS)}")
+        self.failure_kinds = kinds
+        self.cached_ratio = float(opts.get("cached_ratio", 0.0))
+        self.chunk_words = int(opts.get("chunk_words", 1))
+        self.down = False
+        self.calls = 0
+        self._scripted: deque[str] = deque()
+
+    # -- run-time controls ---------------------------------------------------------------------
+
+    def set_down(self, down: bool = True) -> None:
+        """Simulate an outage: every call (and health check) fails with a connection error."""
+        self.down = down
+
+    def fail_next(self, n: int = 1, kind: str = "server") -> None:
+        """Make the next ``n`` calls fail with ``kind``."""
+        if kind not in _FAILURES:
+            raise ValueError(f"unknown failure kind {kind!r}; expected one of {list(FAILURE_KINDS)}")
+        self._scripted.extend([kind] * n)
+
+    # -- the adapter ---------------------------------------------------------------------------
+
+    def _maybe_fail(self) -> None:
+        if self.down:
+            raise _FAILURES["connection"](self.name)
+        if self._scripted:
+            raise _FAILURES[self._scripted.popleft()](self.name)
+        if self.failure_rate and self._rng.random() < self.failure_rate:
+            raise _FAILURES[self._rng.choice(self.failure_kinds)](self.name)
+
+    def _reply_for(self, request: Request) -> str:
+        prompt = next((str(m.get("content") or "") for m in reversed(request.messages) if m.get("role") == "user"),
+                      "")
+        replies = self._replies
+        if isinstance(replies, dict):
+            if prompt in replies:
+                return str(replies[prompt])
+        elif replies:
+            reply = str(replies[self._reply_index % len(replies)])
+            self._reply_index += 1
+            return reply
+        return f"Mock reply to: {prompt[:200]}"
+
+    def _usage(self, request: Request, reply: str) -> Usage:
+        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+        out = estimate_tokens(reply)
+        if request.max_tokens is not None:
+            out = min(out, request.max_tokens)
+        return Usage(input_tokens=prompt_tokens, output_tokens=out,
+                     cache_read_tokens=int(prompt_tokens * self.cached_ratio))
+
+    async def _wait(self) -> None:
+        low, high = self.latency
+        delay = low if low == high else self._rng.uniform(low, high)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def complete(self, request: Request) -> Response:
+        self.calls += 1
+        await self._wait()
+        self._maybe_fail()
+        reply = self._reply_for(request)
+        raw: dict[str, Any] = {"mock": True, "content": reply}
+        return self.response(request, content=reply, finish_reason="stop", usage=self._usage(request, reply),
+                             raw=raw)
+
+    async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:  # type: ignore[override]
+        self.calls += 1
+        await self._wait()
+        self._maybe_fail()
+        reply = self._reply_for(request)
+        words = reply.split(" ")
+        step = max(1, self.chunk_words)
+        for i in range(0, len(words), step):
+            piece = " ".join(words[i:i + step])
+            yield StreamChunk(text=piece if i == 0 else " " + piece)
+            await asyncio.sleep(0)
+        final = self.response(request, content=reply, finish_reason="stop", usage=self._usage(request, reply),
+                              raw={"mock": True, "content": reply})
+        yield StreamChunk(text="", finish_reason="stop", response=final)
+
+    async def health_check(self) -> None:
+        if self.down:
+            raise _FAILURES["connection"](self.name)
