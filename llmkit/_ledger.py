@@ -1,0 +1,438 @@
+"""The request ledger: one ``LedgerRecord`` per finished request (ok or error), in memory and in SQLite.
+
+``Ledger`` owns the records. In memory they live column by column (``array`` for numbers, small code
+tables for provider/model/status/error type, interned strings for repeated text): about 250 bytes a
+record, request id included. A file-backed ledger also commits every record to SQLite (WAL,
+``synchronous=NORMAL``: a committed record survives a crash or SIGKILL of the process) *before*
+``append`` returns. The commit happens on a writer thread that batches whatever has queued up into
+one transaction (group commit), so ``await ledger.append(rec)`` never blocks the event loop.
+
+On open, the records already in the file are loaded, so costs and budgets survive a restart.
+The schema changes only through ``_migrations``. Readers on other threads (the dashboard) take
+consistent snapshots with ``columns()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import queue
+import sqlite3
+import sys
+import threading
+import weakref
+from array import array
+from concurrent.futures import Future
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from ._migrations import migrate
+
+
+@dataclass(slots=True)
+class LedgerRecord:
+    """One finished request. ``time`` (finish) and ``started`` are epoch seconds (UTC)."""
+
+    request_id: str
+    time: float
+    started: float
+    provider: str | None
+    model: str | None
+    requested_model: str
+    status: str
+    error_type: str | None
+    error_message: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    usage_estimated: bool
+    cost_usd: float | None
+    latency_s: float
+    attempts: int
+    fallback: bool
+    stream: bool
+    priority: int
+    metadata: dict[str, Any] | None
+    prompt: str | None = None
+
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRecord))
+FLOATS = ("time", "started", "cost_usd", "latency_s")  # cost_usd: NaN when unpriced
+INTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+        "attempts", "priority")
+BOOLS = ("usage_estimated", "fallback", "stream")
+CODED = ("provider", "model", "requested_model", "status", "error_type")  # code -1 is None
+TEXTS = ("request_id", "error_message", "metadata", "prompt")  # metadata: compact JSON or None
+STATUSES = ("ok", "error")
+
+_INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
+_SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
+_BATCH = 1024
+
+# Who waits for a row's commit: a thread (concurrent Future) or a coroutine (asyncio Future on its loop).
+_Waiter = Future[None] | asyncio.Future[None]
+
+
+@dataclass(slots=True)
+class RawColumns:
+    """A copy of ``records[start:]`` as stored: arrays, code arrays with their tables, and lists."""
+
+    start: int
+    floats: dict[str, array[float]]
+    ints: dict[str, array[int]]
+    bools: dict[str, array[int]]
+    codes: dict[str, array[int]]
+    tables: dict[str, list[str]]
+    texts: dict[str, list[str | None]]
+
+    def __len__(self) -> int:
+        return len(self.texts["request_id"])
+
+
+class _Codes:
+    """A growing table of distinct strings; each value is stored as its index (None is -1)."""
+
+    __slots__ = ("codes", "index", "table")
+
+    def __init__(self) -> None:
+        self.table: list[str] = []
+        self.index: dict[str, int] = {}
+        self.codes: array[int] = array("i")
+
+    def add(self, value: str | None) -> None:
+        if value is None:
+            self.codes.append(-1)
+            return
+        code = self.index.get(value)
+        if code is None:
+            code = self.index[value] = len(self.table)
+            self.table.append(sys.intern(value))
+        self.codes.append(code)
+
+    def get(self, i: int) -> str | None:
+        code = self.codes[i]
+        return None if code < 0 else self.table[code]
+
+
+def _intern(text: str | None) -> str | None:
+    return None if text is None else sys.intern(text)
+
+
+def _dump_metadata(metadata: dict[str, Any] | None) -> str | None:
+    if not metadata:
+        return None  # an empty dict is stored as None
+    return json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"ledger record field {name!r} must be a str or None, got {type(value).__name__}")
+
+
+def _to_row(r: LedgerRecord) -> tuple[Any, ...]:
+    """The record as a validated SQLite row, in ``FIELDS`` order (plain int/float/str/None values)."""
+    if not isinstance(r.request_id, str) or not r.request_id:
+        raise TypeError(f"ledger record request_id must be a non-empty str, got {r.request_id!r}")
+    if r.status not in STATUSES:
+        raise ValueError(f"ledger record status must be 'ok' or 'error', got {r.status!r}")
+    cost = None if r.cost_usd is None else float(r.cost_usd)
+    if cost is not None and not math.isfinite(cost):
+        cost = None
+    return (
+        r.request_id, float(r.time), float(r.started), _opt_str(r.provider, "provider"), _opt_str(r.model, "model"),
+        str(r.requested_model), r.status, _opt_str(r.error_type, "error_type"),
+        _opt_str(r.error_message, "error_message"),
+        int(r.input_tokens), int(r.output_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
+        int(r.reasoning_tokens), int(bool(r.usage_estimated)), cost, float(r.latency_s), int(r.attempts),
+        int(bool(r.fallback)), int(bool(r.stream)), int(r.priority), _dump_metadata(r.metadata),
+        _opt_str(r.prompt, "prompt"),
+    )
+
+
+class _Writer(threading.Thread):
+    """Owns the SQLite connection after open; commits queued rows in batches, resolving their futures."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        super().__init__(name="llmkit-ledger-writer", daemon=True)
+        self.db = db
+        self.queue: queue.SimpleQueue[tuple[tuple[Any, ...], _Waiter] | None] = queue.SimpleQueue()
+        self.commits = 0  # transactions committed (fewer than rows when appends overlap)
+
+    def run(self) -> None:
+        try:
+            while self._commit_batch():
+                pass
+        finally:
+            self.db.close()
+
+    def _commit_batch(self) -> bool:
+        item = self.queue.get()
+        batch: list[tuple[tuple[Any, ...], _Waiter]] = []
+        running = True
+        while True:
+            if item is None:
+                running = False
+                break
+            batch.append(item)
+            if len(batch) >= _BATCH:
+                break
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            self._commit(batch)
+        return running
+
+    def _commit(self, batch: list[tuple[tuple[Any, ...], _Waiter]]) -> None:
+        error: BaseException | None = None
+        try:
+            self.db.execute("BEGIN")
+            self.db.executemany(_INSERT, [row for row, _ in batch])
+            self.db.execute("COMMIT")
+            self.commits += 1
+        except Exception as exc:  # disk full, locked past the busy timeout...: tell every waiter
+            error = exc
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for _, waiter in batch:
+            if isinstance(waiter, asyncio.Future):
+                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+            elif waiter.set_running_or_notify_cancel():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+        for loop, waiters in by_loop.items():  # one wake-up per loop and batch, not one per record
+            try:
+                loop.call_soon_threadsafe(_settle, waiters, error)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting any more
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # a cancelled waiter still had its row written
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+
+def _shutdown(writer: _Writer) -> None:
+    if writer.is_alive():
+        writer.queue.put(None)
+        writer.join()
+
+
+class Ledger:
+    """Every finished request, as one record. ``path=None`` or ``":memory:"`` keeps it in memory only."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = "default") -> None:
+        if path is not None and os.fspath(path) == "default":
+            path = self.default_path()
+        self.path: Path | None = None if path is None or os.fspath(path) == ":memory:" else Path(path)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids: set[str] = set()
+        self._floats = {name: array("d") for name in FLOATS}
+        self._ints = {name: array("q") for name in INTS}
+        self._bools = {name: array("b") for name in BOOLS}
+        self._coded = {name: _Codes() for name in CODED}
+        self._texts: dict[str, list[str | None]] = {name: [] for name in TEXTS}
+        self._total_cost = 0.0
+        self._writer: _Writer | None = None
+        if self.path is not None:
+            db = self._open(self.path)
+            self._writer = _Writer(db)
+            self._writer.start()
+            self._finalizer = weakref.finalize(self, _shutdown, self._writer)
+
+    @staticmethod
+    def default_path() -> Path:
+        """``$LLMKIT_DATA_DIR/ledger.sqlite3``, else ``<user data dir>/llmkit/ledger.sqlite3``."""
+        explicit = os.environ.get("LLMKIT_DATA_DIR")
+        if explicit:
+            return Path(explicit).expanduser() / "ledger.sqlite3"
+        base = os.environ.get("XDG_DATA_HOME") or (os.environ.get("LOCALAPPDATA") if os.name == "nt" else None)
+        root = Path(base).expanduser() if base else Path.home() / ".local" / "share"
+        return root / "llmkit" / "ledger.sqlite3"
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _open(self, path: Path) -> sqlite3.Connection:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA busy_timeout = 10000")
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")
+            migrate(db)
+            for row in db.execute(_SELECT):
+                self._store(row)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def append(self, record: LedgerRecord) -> None:
+        """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop)."""
+        waiter = self._submit(record, asyncio.get_running_loop())
+        if isinstance(waiter, asyncio.Future):
+            await waiter
+
+    def append_sync(self, record: LedgerRecord) -> None:
+        """``append``, blocking until the record is committed (for scripts and benchmarks)."""
+        waiter = self._submit(record, None)
+        if isinstance(waiter, Future):
+            waiter.result()
+
+    def _submit(self, record: LedgerRecord, loop: asyncio.AbstractEventLoop | None) -> _Waiter | None:
+        row = _to_row(record)  # validates before anything is stored
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the ledger is closed")
+            if record.request_id in self._ids:
+                raise ValueError(f"request {record.request_id!r} is already in the ledger")
+            self._store(row)
+            if self._writer is None:
+                return None
+            waiter: _Waiter = Future() if loop is None else loop.create_future()
+            self._writer.queue.put((row, waiter))
+            return waiter
+
+    def _store(self, row: tuple[Any, ...]) -> None:
+        """Append one row (in ``FIELDS`` order, as SQLite holds it) to the columns; the caller holds the lock."""
+        (request_id, time, started, provider, model, requested_model, status, error_type, error_message,
+         input_tokens, output_tokens, cache_read, cache_write, reasoning, usage_estimated, cost_usd, latency_s,
+         attempts, fallback, stream, priority, metadata, prompt) = row
+        cost = math.nan if cost_usd is None else cost_usd
+        for name, value in (("time", time), ("started", started), ("cost_usd", cost), ("latency_s", latency_s)):
+            self._floats[name].append(value)
+        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                            ("cache_read_tokens", cache_read), ("cache_write_tokens", cache_write),
+                            ("reasoning_tokens", reasoning), ("attempts", attempts), ("priority", priority)):
+            self._ints[name].append(value)
+        for name, value in (("usage_estimated", usage_estimated), ("fallback", fallback), ("stream", stream)):
+            self._bools[name].append(1 if value else 0)
+        for name, value in (("provider", provider), ("model", model), ("requested_model", requested_model),
+                            ("status", status), ("error_type", error_type)):
+            self._coded[name].add(value)
+        texts = self._texts
+        texts["request_id"].append(request_id)
+        texts["error_message"].append(_intern(error_message))
+        texts["metadata"].append(_intern(metadata))
+        texts["prompt"].append(prompt)
+        self._ids.add(request_id)
+        if cost_usd is not None:
+            self._total_cost += cost_usd
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._texts["request_id"])
+
+    def __getitem__(self, i: int) -> LedgerRecord:
+        """The ``i``-th record (negative indices count from the end)."""
+        with self._lock:
+            n = len(self)
+            if not -n <= i < n:
+                raise IndexError(f"ledger index {i} out of range ({n} records)")
+            i %= n
+            values: dict[str, Any] = {name: self._floats[name][i] for name in FLOATS}
+            values.update({name: self._ints[name][i] for name in INTS})
+            values.update({name: bool(self._bools[name][i]) for name in BOOLS})
+            values.update({name: self._coded[name].get(i) for name in CODED})
+            values.update({name: self._texts[name][i] for name in TEXTS})
+        cost = values["cost_usd"]
+        values["cost_usd"] = None if math.isnan(cost) else cost
+        values["metadata"] = json.loads(values["metadata"]) if values["metadata"] else None
+        return LedgerRecord(**values)
+
+    def raw_columns(self, start: int = 0) -> RawColumns:
+        """A consistent copy of ``records[start:]`` in storage form (what ``llmkit.frames`` builds from)."""
+        with self._lock:
+            return RawColumns(
+                start=start,
+                floats={k: v[start:] for k, v in self._floats.items()},
+                ints={k: v[start:] for k, v in self._ints.items()},
+                bools={k: v[start:] for k, v in self._bools.items()},
+                codes={k: c.codes[start:] for k, c in self._coded.items()},
+                tables={k: list(c.table) for k, c in self._coded.items()},
+                texts={k: v[start:] for k, v in self._texts.items()},
+            )
+
+    def columns(self, start: int = 0) -> dict[str, list[Any] | array[Any]]:
+        """A thread-safe, column-oriented copy of ``records[start:]``, keyed by ``LedgerRecord`` field.
+
+        Numbers come as ``array`` (bools as 0/1 ``array('b')``), strings as lists with None for
+        missing, ``cost_usd`` as a list of float or None, ``metadata`` as compact JSON strings or None.
+        """
+        raw = self.raw_columns(start)
+        out: dict[str, list[Any] | array[Any]] = {}
+        for name in FIELDS:
+            if name == "cost_usd":
+                out[name] = [None if math.isnan(c) else c for c in raw.floats[name]]
+            elif name in FLOATS:
+                out[name] = raw.floats[name]
+            elif name in INTS:
+                out[name] = raw.ints[name]
+            elif name in BOOLS:
+                out[name] = raw.bools[name]
+            elif name in CODED:
+                table: list[str | None] = [*raw.tables[name], None]  # code -1 picks the trailing None
+                out[name] = [table[c] for c in raw.codes[name]]
+            else:
+                out[name] = raw.texts[name]
+        return out
+
+    def costs(self, start: int = 0) -> tuple[array[float], array[float]]:
+        """``(time, cost_usd)`` of ``records[start:]`` (cost NaN when unpriced): cheap, for budgets."""
+        with self._lock:
+            return self._floats["time"][start:], self._floats["cost_usd"][start:]
+
+    def total_cost_usd(self, since: float | None = None) -> float:
+        """The priced cost of every record (finished at or after ``since``, epoch seconds, if given)."""
+        if since is None:
+            with self._lock:
+                return self._total_cost
+        times, costs = self.costs()
+        return math.fsum(c for t, c in zip(times, costs, strict=True) if t >= since and c == c)
+
+    def request_ids(self) -> list[str]:
+        with self._lock:
+            return [i for i in self._texts["request_id"] if i is not None]
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit whatever is queued and close the file. Idempotent; the records stay readable."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._writer is not None:
+            self._finalizer()  # enqueue the stop marker after pending rows and join the writer
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path is not None else ":memory:"
+        return f"<Ledger {where} records={len(self)}>"

@@ -1,0 +1,90 @@
+"""The ledger's SQLite schema, as numbered, append-only migrations (after simonw/llm's ``migrations.py``).
+
+Never edit or reorder a migration that has shipped: add a new one at the end. ``migrate(db)`` applies
+the ones a database has not seen, each in its own transaction with its name recorded in
+``_llmkit_migrations``, so running it again (or from two processes at once) is a no-op.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_requests(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            time REAL NOT NULL,
+            started REAL NOT NULL,
+            provider TEXT,
+            model TEXT,
+            requested_model TEXT NOT NULL,
+            status TEXT NOT NULL,
+            error_type TEXT,
+            error_message TEXT,
+            input_tokens INTEGER NOT NULL DEFAULT 0,
+            output_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+            cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+            reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+            usage_estimated INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL,
+            latency_s REAL NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            fallback INTEGER NOT NULL DEFAULT 0,
+            stream INTEGER NOT NULL DEFAULT 0,
+            priority INTEGER NOT NULL DEFAULT 0,
+            metadata TEXT,
+            prompt TEXT
+        )
+        """
+    )
+
+
+@migration
+def m002_requests_time_index(db: sqlite3.Connection) -> None:
+    db.execute("CREATE INDEX requests_time ON requests (time)")
+
+
+def applied(db: sqlite3.Connection) -> list[str]:
+    """Names of the migrations this database has, in the order they ran."""
+    _ensure_table(db)
+    return [row[0] for row in db.execute("SELECT name FROM _llmkit_migrations ORDER BY rowid")]
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply pending migrations; returns the names applied now. ``db`` must be in autocommit mode."""
+    _ensure_table(db)
+    done_now: list[str] = []
+    for fn in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")  # serialises concurrent openers of the same file
+        try:
+            seen = db.execute("SELECT 1 FROM _llmkit_migrations WHERE name = ?", (fn.__name__,)).fetchone()
+            if seen is None:
+                fn(db)
+                db.execute("INSERT INTO _llmkit_migrations (name, applied_at) VALUES (?, ?)",
+                           (fn.__name__, time.time()))
+                done_now.append(fn.__name__)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+    return done_now
+
+
+def _ensure_table(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE IF NOT EXISTS _llmkit_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")

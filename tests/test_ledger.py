@@ -1,0 +1,275 @@
+"""Ledger: round trips, restart reload, migrations, memory-only mode, thread-safe reads, crash safety."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmkit._ledger import FIELDS, Ledger, LedgerRecord
+from llmkit._migrations import MIGRATIONS, applied, m001_requests, migrate
+
+
+def rec(i: int, **kw: Any) -> LedgerRecord:
+    values: dict[str, Any] = dict(
+        request_id=f"req-{i}", time=1_700_000_000.0 + i, started=1_700_000_000.0 + i - 0.5,
+        provider="openai", model="gpt-4o-2024-08-06", requested_model="gpt-4o", status="ok",
+        error_type=None, error_message=None, input_tokens=100 + i, output_tokens=50, cache_read_tokens=10,
+        cache_write_tokens=0, reasoning_tokens=0, usage_estimated=False, cost_usd=0.001, latency_s=0.5,
+        attempts=1, fallback=False, stream=False, priority=0, metadata=None,
+    )
+    values.update(kw)
+    return LedgerRecord(**values)
+
+
+def varied() -> list[LedgerRecord]:
+    return [
+        rec(1, metadata={"team": "search", "n": 3}),
+        rec(2, status="error", provider=None, model=None, error_type="AllProvidersFailedError",
+            error_message="all providers failed", cost_usd=None, input_tokens=0, output_tokens=0, attempts=3,
+            fallback=True),
+        rec(3, provider="local", model="llama3", requested_model="llama3", cost_usd=0.0, stream=True,
+            priority=-2, usage_estimated=True, reasoning_tokens=7, prompt="hi there"),
+        rec(4, provider="anthropic", model="claude-3-5-sonnet-20241022", cost_usd=None),  # unpriced
+    ]
+
+
+def test_memory_round_trip_and_columns() -> None:
+    ledger = Ledger(None)
+    records = varied()
+    for r in records:
+        ledger.append_sync(r)
+    assert len(ledger) == 4
+    assert [ledger[i] for i in range(4)] == records
+    assert ledger[-1] == records[-1]
+    cols = ledger.columns()
+    assert list(cols) == list(FIELDS)
+    assert cols["request_id"] == ["req-1", "req-2", "req-3", "req-4"]
+    assert cols["provider"] == ["openai", None, "local", "anthropic"]
+    assert cols["status"] == ["ok", "error", "ok", "ok"]
+    assert cols["cost_usd"] == [0.001, None, 0.0, None]
+    assert list(cols["fallback"]) == [0, 1, 0, 0]
+    assert list(cols["priority"]) == [0, 0, -2, 0]
+    assert cols["metadata"] == ['{"team":"search","n":3}', None, None, None]
+    assert list(ledger.columns(2)["input_tokens"]) == [103, 104]
+    assert ledger.request_ids() == ["req-1", "req-2", "req-3", "req-4"]
+    # unpriced requests are not counted as 0; they are simply not in the total
+    assert ledger.total_cost_usd() == pytest.approx(0.001)
+    assert ledger.total_cost_usd(since=1_700_000_002.0) == 0.0
+    assert ledger.total_cost_usd(since=1_700_000_000.0) == pytest.approx(0.001)
+
+
+async def test_file_round_trip_and_restart_reload(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    records = varied()
+    for r in records:
+        await ledger.append(r)
+    ledger.close()
+    ledger.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        ledger.append_sync(rec(9))
+    assert len(ledger) == 4  # still readable after close
+
+    reopened = Ledger(path)
+    assert [reopened[i] for i in range(len(reopened))] == records
+    assert reopened.total_cost_usd() == pytest.approx(0.001)  # costs survive a restart
+    await reopened.append(rec(5, cost_usd=0.25))
+    reopened.close()
+    again = Ledger(path)
+    assert again.request_ids() == ["req-1", "req-2", "req-3", "req-4", "req-5"]
+    assert again.total_cost_usd() == pytest.approx(0.251)
+    again.close()
+
+
+def test_sqlite_file_is_wal_and_holds_plain_values(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    with Ledger(path) as ledger:
+        ledger.append_sync(rec(1, metadata={"a": 1}))
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = db.execute("SELECT request_id, cost_usd, metadata, fallback FROM requests").fetchone()
+    assert row == ("req-1", 0.001, '{"a":1}', 0)
+    db.close()
+
+
+def test_migrations_are_numbered_append_only_and_idempotent(tmp_path: Path) -> None:
+    names = [fn.__name__ for fn in MIGRATIONS]
+    assert names == sorted(names) and names[0].startswith("m001_")
+    path = tmp_path / "l.sqlite3"
+    # a file created by an older llmkit that only knew the first migration
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE _llmkit_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    m001_requests(db)
+    db.execute("INSERT INTO _llmkit_migrations VALUES ('m001_requests', 0)")
+    db.close()
+
+    with Ledger(path) as ledger:
+        ledger.append_sync(rec(1))
+    with Ledger(path) as ledger:  # a second open applies nothing and keeps the data
+        assert ledger.request_ids() == ["req-1"]
+    db = sqlite3.connect(path, isolation_level=None)
+    assert applied(db) == names
+    assert migrate(db) == []
+    assert applied(db) == names
+    indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "requests_time" in indexes
+    db.close()
+
+
+def test_memory_only_modes_write_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LLMKIT_DATA_DIR", str(tmp_path / "data"))
+    for path in (None, ":memory:"):
+        ledger = Ledger(path)
+        assert ledger.path is None
+        asyncio.run(ledger.append(rec(1)))
+        assert len(ledger) == 1
+        ledger.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLMKIT_DATA_DIR", str(tmp_path / "explicit"))
+    assert Ledger.default_path() == tmp_path / "explicit" / "ledger.sqlite3"
+    with Ledger() as ledger:
+        ledger.append_sync(rec(1))
+    assert (tmp_path / "explicit" / "ledger.sqlite3").exists()
+    monkeypatch.delenv("LLMKIT_DATA_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert Ledger.default_path() == tmp_path / "xdg" / "llmkit" / "ledger.sqlite3"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert Ledger.default_path() == tmp_path / "home" / ".local" / "share" / "llmkit" / "ledger.sqlite3"
+
+
+def test_invalid_and_duplicate_records_are_rejected_whole() -> None:
+    ledger = Ledger(None)
+    ledger.append_sync(rec(1))
+    with pytest.raises(ValueError, match="already in the ledger"):
+        ledger.append_sync(rec(1))
+    with pytest.raises(ValueError, match="status"):
+        ledger.append_sync(rec(2, status="maybe"))
+    with pytest.raises(TypeError):
+        ledger.append_sync(rec(3, input_tokens=None))
+    assert len(ledger) == 1
+    assert {k: len(v) for k, v in ledger.columns().items()} == dict.fromkeys(FIELDS, 1)
+
+
+def test_non_finite_cost_is_stored_as_unpriced() -> None:
+    ledger = Ledger(None)
+    ledger.append_sync(rec(1, cost_usd=math.nan))
+    assert ledger[0].cost_usd is None
+    assert ledger.total_cost_usd() == 0.0
+
+
+def test_columns_are_consistent_while_another_thread_appends() -> None:
+    ledger = Ledger(None)
+    n = 20_000
+    done = threading.Event()
+
+    def writer() -> None:
+        for i in range(n):
+            ledger.append_sync(rec(i, provider=f"p{i % 7}"))
+        done.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    snapshots = 0
+    while not done.is_set() or snapshots == 0:
+        cols = ledger.columns()
+        lengths = {len(v) for v in cols.values()}
+        assert len(lengths) == 1, lengths  # every column cut at the same record
+        k = lengths.pop()
+        if k:
+            last = k - 1
+            assert cols["request_id"][last] == f"req-{last}"
+            assert cols["input_tokens"][last] == 100 + last
+            assert cols["provider"][last] == f"p{last % 7}"
+        snapshots += 1
+    thread.join()
+    assert len(ledger) == n and snapshots > 1
+
+
+async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    await asyncio.gather(*(ledger.append(rec(i)) for i in range(2000)))
+    writer = ledger._writer
+    assert writer is not None and 0 < writer.commits < 2000
+    ledger.close()
+    with Ledger(tmp_path / "l.sqlite3") as reopened:
+        assert len(reopened.request_ids()) == 2000
+
+
+async def test_cancelled_append_is_still_committed(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    task = asyncio.create_task(ledger.append(rec(1)))
+    await asyncio.sleep(0)  # let it reach its await (not a wait for time)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    ledger.close()  # flushes the queue
+    with Ledger(path) as reopened:
+        assert reopened.request_ids() == ["req-1"]
+
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from llmkit._ledger import Ledger, LedgerRecord
+
+    async def one(ledger, i):
+        rid = f"kill-{i}"
+        await ledger.append(LedgerRecord(rid, 1.0 * i, 0.0, "mock", "m", "m", "ok", None, None, 1, 1, 0, 0, 0,
+                                         False, 0.5, 0.1, 1, False, False, 0, {"i": i}))
+        sys.stdout.write(rid + "\\n")   # only once append has returned
+        sys.stdout.flush()
+
+    async def main():
+        ledger = Ledger(sys.argv[1])
+        i = 0
+        while True:
+            await asyncio.gather(*(one(ledger, i + k) for k in range(16)))
+            i += 16
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_records_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite3"
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    printed: list[str] = []
+    try:
+        while len(printed) < 300:
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"child exited early: {proc.stderr.read()}")
+            printed.append(line.strip())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+    rest, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-workload, not finished
+    printed += [line for line in rest.split("\n")[:-1] if line]  # whole lines only
+
+    with Ledger(path) as ledger:
+        stored = set(ledger.request_ids())
+        assert set(printed) <= stored
+        assert len(stored) >= len(printed) >= 300
+        assert ledger.total_cost_usd() == pytest.approx(0.5 * len(stored))
