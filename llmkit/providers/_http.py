@@ -1,0 +1,436 @@
+"""The shared HTTP layer of the wire adapters: one lazily created ``httpx.AsyncClient`` per provider,
+one POST (JSON or SSE) per call, transport errors mapped to llmkit errors, an SSE decoder, and the
+parsing of rate-limit and retry-after headers.
+
+Subclasses (``openai.py``, ``anthropic.py``) build the request body and translate the answer; they
+implement ``_auth_headers`` and ``_error_for`` (a non-2xx response, parsed, to a typed error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+
+import httpx
+
+from .._errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
+from .._secrets import redact, register_secret
+from .._types import RateLimitInfo
+from .base import Provider
+
+if TYPE_CHECKING:
+    from .._config import ProviderConfig
+
+# ----------------------------------------------------------------------------------------------
+# SSE
+
+
+@dataclass(slots=True)
+class SSEEvent:
+    """One server-sent event: ``event`` is None when the stream sent no ``event:`` line."""
+
+    data: str
+    event: str | None = None
+    id: str | None = None
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class SSEDecoder:
+    """An incremental SSE decoder: ``feed(bytes)`` returns the events completed so far, ``flush()``
+    the last one when the stream ends without a blank line. Handles LF, CRLF and lone CR (even when
+    a CRLF is split across two chunks), ``:`` comments, ``event:``/``id:`` fields and multi-line data.
+
+        >>> d = SSEDecoder()
+        >>> d.feed(b'event: ping\\r\\ndata: {"a":1}\\r\\n\\r\\ndata: x')
+        [SSEEvent(data='{"a":1}', event='ping', id=None)]
+        >>> d.flush()
+        [SSEEvent(data='x', event=None, id=None)]
+    """
+
+    __slots__ = ("_buffer", "_data", "_decoder", "_event", "_id")
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._data: list[str] = []
+        self._event: str | None = None
+        self._id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        text = self._buffer + self._decoder.decode(chunk)
+        if text.endswith("\r"):  # maybe the first half of a CRLF: wait for the next chunk
+            self._buffer, text = "\r", text[:-1]
+        else:
+            self._buffer = ""
+        lines = _LINE_BREAK.split(text)
+        self._buffer = lines.pop() + self._buffer
+        return [ev for ev in map(self._line, lines) if ev is not None]
+
+    def flush(self) -> list[SSEEvent]:
+        """The events left at end of stream (a final event without a trailing blank line)."""
+        rest = (self._buffer + self._decoder.decode(b"", final=True)).rstrip("\r")
+        self._buffer = ""
+        events = [ev for ev in map(self._line, _LINE_BREAK.split(rest)) if ev is not None] if rest else []
+        last = self._line("")
+        return [*events, last] if last is not None else events
+
+    def _line(self, line: str) -> SSEEvent | None:
+        if not line:
+            if not self._data:
+                self._event = None
+                return None
+            event = SSEEvent("\n".join(self._data), self._event, self._id)
+            self._data, self._event = [], None
+            return event
+        if line[0] == ":":
+            return None
+        name, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id":
+            self._id = value
+        return None
+
+
+def parse_sse(payload: bytes) -> list[SSEEvent]:
+    """Every event in a complete SSE payload."""
+    decoder = SSEDecoder()
+    return decoder.feed(payload) + decoder.flush()
+
+
+# ----------------------------------------------------------------------------------------------
+# rate-limit and retry-after headers
+
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|µs|ns|h|m|s)")
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds in a Go duration (``6ms``, ``1s``, ``6m0s``, ``23m16.298s``) or a plain number."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _GO_PART.finditer(text):
+        if m.start() != pos:
+            return None
+        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
+        pos = m.end()
+    return total if pos == len(text) and pos > 0 else None
+
+
+def parse_timestamp_delay(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from ``now`` until an RFC 3339 timestamp (never negative)."""
+    if not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return parse_duration(value)
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """``retry-after-ms`` (wins), else ``retry-after`` in seconds or as an HTTP date; seconds or None."""
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo | None:
+    """Rate-limit state from OpenAI-style ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*``
+    headers (plus retry-after); None when the response carried none of them.
+
+    For Anthropic, whose limits are split into tokens / input-tokens / output-tokens, the token fields
+    describe the most exhausted of the groups present (lowest remaining share of its limit).
+    """
+    retry_after = parse_retry_after(headers, now)
+    info = RateLimitInfo(retry_after_s=retry_after)
+    found = retry_after is not None
+    if "x-ratelimit-limit-requests" in headers or "x-ratelimit-remaining-requests" in headers \
+            or "x-ratelimit-remaining-tokens" in headers:
+        info.limit_requests = _int(headers.get("x-ratelimit-limit-requests"))
+        info.remaining_requests = _int(headers.get("x-ratelimit-remaining-requests"))
+        info.reset_requests_s = parse_duration(headers.get("x-ratelimit-reset-requests"))
+        info.limit_tokens = _int(headers.get("x-ratelimit-limit-tokens"))
+        info.remaining_tokens = _int(headers.get("x-ratelimit-remaining-tokens"))
+        info.reset_tokens_s = parse_duration(headers.get("x-ratelimit-reset-tokens"))
+        found = True
+    prefix = "anthropic-ratelimit-"
+    if f"{prefix}requests-remaining" in headers or f"{prefix}requests-limit" in headers:
+        info.limit_requests = _int(headers.get(f"{prefix}requests-limit"))
+        info.remaining_requests = _int(headers.get(f"{prefix}requests-remaining"))
+        info.reset_requests_s = parse_timestamp_delay(headers.get(f"{prefix}requests-reset"), now)
+        found = True
+    groups = []
+    for group in ("tokens", "input-tokens", "output-tokens"):
+        limit = _int(headers.get(f"{prefix}{group}-limit"))
+        remaining = _int(headers.get(f"{prefix}{group}-remaining"))
+        if limit is not None or remaining is not None:
+            share = remaining / limit if (remaining is not None and limit) else 1.0
+            groups.append((share, limit, remaining, headers.get(f"{prefix}{group}-reset")))
+    if groups:
+        _, info.limit_tokens, info.remaining_tokens, reset = min(groups, key=lambda g: g[0])
+        info.reset_tokens_s = parse_timestamp_delay(reset, now)
+        found = True
+    return info if found else None
+
+
+def error_retry_after(status: int, info: RateLimitInfo | None) -> float | None:
+    """What an error should carry as ``retry_after``: the server's retry-after, or for a 429 the
+    reset of an exhausted limit."""
+    if info is None:
+        return None
+    if info.retry_after_s is not None:
+        return info.retry_after_s
+    return info.pause_s() if status == 429 else None
+
+
+def should_retry_header(headers: Mapping[str, str]) -> bool | None:
+    value = headers.get("x-should-retry")
+    if value is None:
+        return None
+    value = value.strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
+def redact_json(value: Any) -> Any:
+    """``value`` with every string scrubbed of secrets (error bodies can echo a key)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# the base adapter
+
+
+@dataclass(slots=True)
+class ErrorContext:
+    """What ``_error_for`` gets to build an error from: status, parsed body (or None), headers."""
+
+    status: int
+    body: Any
+    text: str
+    headers: httpx.Headers
+    rate_limit: RateLimitInfo | None
+    request_id: str | None
+
+
+class HTTPProvider(Provider):
+    """An adapter that speaks HTTP with one lazily created ``httpx.AsyncClient``.
+
+    The client is created on first use inside the running event loop (and again if a later call runs
+    on another loop), with the connection pool sized by ``config.max_concurrency``.
+    """
+
+    request_id_header: ClassVar[str] = "x-request-id"
+    default_base_url: ClassVar[str] = ""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        self.api_key = config.resolved_api_key()
+        register_secret(self.api_key)
+        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    # -- hooks -----------------------------------------------------------------------------------
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def _error_for(self, ctx: ErrorContext) -> ProviderError:
+        raise NotImplementedError
+
+    # -- the client ------------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> httpx.Timeout:
+        total = timeout if timeout is not None else self.config.timeout
+        return httpx.Timeout(total, connect=min(5.0, total))
+
+    def _headers(self) -> dict[str, str]:
+        return {"content-type": "application/json", "accept": "application/json",
+                **self._auth_headers(), **dict(self.config.headers)}
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            n = self.config.max_concurrency
+            self._client = httpx.AsyncClient(
+                headers=self._headers(),
+                timeout=self._timeout(None),
+                limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and not client.is_closed:
+            try:
+                await client.aclose()
+            except RuntimeError:  # created on a loop that is gone
+                pass
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def _post_json(self, path: str, body: dict[str, Any], timeout: float | None = None,
+                         ) -> tuple[Any, httpx.Response]:
+        """POST ``body`` and return the parsed JSON of a 2xx answer (else raise the typed error).
+
+        ``timeout`` bounds the whole attempt, not only each read.
+        """
+        limit = timeout if timeout is not None else self.config.timeout
+        try:
+            async with asyncio.timeout(limit):
+                resp = await self.client.post(self.url(path), json=body, timeout=self._timeout(timeout))
+        except TimeoutError:
+            raise ProviderTimeoutError(f"no complete answer within {limit:g}s", provider=self.name) from None
+        except httpx.HTTPError as exc:
+            self._raise_transport(exc, limit)
+        return self._parse_json(resp), resp
+
+    async def _get(self, path: str, timeout: float | None = None) -> httpx.Response:
+        """GET ``path``: the 2xx response, else the typed error (used by health checks)."""
+        limit = timeout if timeout is not None else min(self.config.timeout, 10.0)
+        try:
+            async with asyncio.timeout(limit):
+                resp = await self.client.get(self.url(path), timeout=self._timeout(limit))
+        except TimeoutError:
+            raise ProviderTimeoutError(f"no answer within {limit:g}s", provider=self.name) from None
+        except httpx.HTTPError as exc:
+            self._raise_transport(exc, limit)
+        if not resp.is_success:
+            raise self._status_error(resp, resp.text)
+        return resp
+
+    async def _stream_events(self, path: str, body: dict[str, Any], timeout: float | None = None,
+                             state: dict[str, Any] | None = None) -> AsyncGenerator[SSEEvent, None]:
+        """POST ``body`` and yield the SSE events of a 2xx answer (raise the typed error otherwise).
+
+        ``timeout`` bounds the wait for the headers and each read, not the whole stream. When given,
+        ``state`` receives the response under ``"response"`` once the headers are in.
+        """
+        limit = timeout if timeout is not None else self.config.timeout
+        request = self.client.build_request("POST", self.url(path), json=body, timeout=self._timeout(timeout))
+        resp: httpx.Response | None = None
+        try:
+            async with asyncio.timeout(limit):
+                resp = await self.client.send(request, stream=True)
+            if state is not None:
+                state["response"] = resp
+            if not resp.is_success:
+                text = (await resp.aread()).decode("utf-8", "replace")
+                raise self._status_error(resp, text)
+            decoder = SSEDecoder()
+            async for chunk in resp.aiter_raw():
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.flush():
+                yield event
+        except TimeoutError:
+            raise ProviderTimeoutError(f"no answer within {limit:g}s", provider=self.name) from None
+        except httpx.HTTPError as exc:
+            self._raise_transport(exc, limit)
+        finally:
+            if resp is not None:
+                await resp.aclose()
+
+    # -- answers to errors -----------------------------------------------------------------------
+
+    def _parse_json(self, resp: httpx.Response) -> Any:
+        if not resp.is_success:
+            raise self._status_error(resp, resp.text)
+        try:
+            return json.loads(resp.content)
+        except ValueError:
+            raise ProviderConnectionError(
+                f"malformed response (HTTP {resp.status_code}, not JSON): {resp.text[:200]!r}",
+                provider=self.name, status=resp.status_code, request_id=resp.headers.get(self.request_id_header),
+            ) from None
+
+    def _status_error(self, resp: httpx.Response, text: str) -> ProviderError:
+        try:
+            body: Any = json.loads(text) if text.strip() else None
+        except ValueError:
+            body = None
+        ctx = ErrorContext(
+            status=resp.status_code, body=redact_json(body), text=redact(text[:500]), headers=resp.headers,
+            rate_limit=parse_rate_limit_headers(resp.headers), request_id=resp.headers.get(self.request_id_header),
+        )
+        err = self._error_for(ctx)
+        retry = should_retry_header(resp.headers)
+        if retry is not None:
+            err.retryable = retry
+        return err
+
+    def _error_kwargs(self, ctx: ErrorContext, code: str | int | None) -> dict[str, Any]:
+        return {"provider": self.name, "status": ctx.status, "code": code, "body": ctx.body,
+                "request_id": ctx.request_id, "retry_after": error_retry_after(ctx.status, ctx.rate_limit)}
+
+    def _raise_transport(self, exc: httpx.HTTPError, limit: float) -> NoReturn:
+        if isinstance(exc, httpx.TimeoutException):
+            raise ProviderTimeoutError(f"{type(exc).__name__} after {limit:g}s: {exc}",
+                                       provider=self.name) from None
+        if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
+            raise ProviderConnectionError(f"{type(exc).__name__}: {exc or 'connection failed'}",
+                                          provider=self.name) from None
+        raise ProviderConnectionError(f"{type(exc).__name__}: {exc}", provider=self.name) from None
+
+    def _stream_ended(self, expected: str) -> ProviderConnectionError:
+        return ProviderConnectionError(f"stream ended before {expected}", provider=self.name)
+
