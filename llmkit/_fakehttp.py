@@ -267,9 +267,8 @@ class FakeHTTPServer:
                     break
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, Down):
             pass
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # shutting down: end quietly (a cancelled handler task gets logged)
             writer.transport.abort()
-            raise
         finally:
             self._writers.discard(writer)
             if task is not None:
