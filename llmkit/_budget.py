@@ -87,8 +87,11 @@ class Budget:
             self._reserved[token.id] = estimate
             return token
 
-    def release(self, token: Reservation) -> None:
-        """Drop a reservation, once its request's record is in the ledger (or it never ran). Idempotent."""
+    def release(self, token: object) -> None:
+        """Drop a reservation (what ``reserve`` returned) once its request's record is in the ledger, or it
+        never ran. Idempotent."""
+        if not isinstance(token, Reservation):
+            raise TypeError(f"expected a Reservation from Budget.reserve(), got {type(token).__name__}")
         with self._lock:
             self._reserved.pop(token.id, None)
 
