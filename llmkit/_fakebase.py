@@ -35,11 +35,11 @@ class FakeLLMServer(FakeHTTPServer):
         self.api_key = api_key
         self.fast = fast
         self.error_indent: int | None = None
+        self._ids = itertools.count(1)
+        self._cache: dict[tuple[Any, ...], bytes] = {}
         self._rate: dict[str, Any] | None = None
         if rate_limit is not None:
             self.set_rate_limit(**rate_limit)
-        self._ids = itertools.count(1)
-        self._cache: dict[tuple[Any, ...], bytes] = {}
 
     def __enter__(self) -> FakeLLMServer:
         self.start()
