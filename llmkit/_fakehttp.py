@@ -80,10 +80,6 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
-class Down(Exception):
-    """Raised inside a handler when the server was taken down while the request was in flight."""
-
-
 class FakeHTTPServer:
     """Base of the fake servers: lifecycle, recording, scripting, connection handling.
 
@@ -265,7 +261,7 @@ class FakeHTTPServer:
                 await writer.drain()
                 if not keep or request.headers.get("connection", "").lower() == "close":
                     break
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, Down):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         except asyncio.CancelledError:  # shutting down: end quietly (a cancelled handler task gets logged)
             writer.transport.abort()

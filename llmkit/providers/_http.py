@@ -306,6 +306,9 @@ class HTTPProvider(Provider):
     def client(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
         if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            old, old_loop = self._client, self._client_loop
+            if old is not None and old_loop is not None and old_loop is not loop and old_loop.is_running():
+                asyncio.run_coroutine_threadsafe(old.aclose(), old_loop)  # close it where it lives
             n = self.config.max_concurrency
             self._client = httpx.AsyncClient(
                 headers=self._headers(),
@@ -313,6 +316,10 @@ class HTTPProvider(Provider):
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
             )
             self._client_loop = loop
+        return self._client
+
+    def client_if_any(self) -> httpx.AsyncClient | None:
+        """The pooled client if one was created (for inspection; does not create one)."""
         return self._client
 
     async def aclose(self) -> None:
@@ -426,10 +433,12 @@ class HTTPProvider(Provider):
         if isinstance(exc, httpx.TimeoutException):
             raise ProviderTimeoutError(f"{type(exc).__name__} after {limit:g}s: {exc}",
                                        provider=self.name) from None
-        if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
-            raise ProviderConnectionError(f"{type(exc).__name__}: {exc or 'connection failed'}",
-                                          provider=self.name) from None
-        raise ProviderConnectionError(f"{type(exc).__name__}: {exc}", provider=self.name) from None
+        what = str(exc) or ("connection reset" if isinstance(exc, httpx.ReadError) else "connection failed")
+        try:
+            where = f" ({exc.request.method} {exc.request.url})"
+        except RuntimeError:  # no request attached
+            where = ""
+        raise ProviderConnectionError(f"{type(exc).__name__}: {what}{where}", provider=self.name) from None
 
     def _stream_ended(self, expected: str) -> ProviderConnectionError:
         return ProviderConnectionError(f"stream ended before {expected}", provider=self.name)

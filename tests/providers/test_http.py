@@ -101,3 +101,39 @@ def test_should_retry_header() -> None:
     assert should_retry_header({"x-should-retry": "False"}) is False
     assert should_retry_header({"x-should-retry": "maybe"}) is None
     assert should_retry_header({}) is None
+
+
+def test_provider_survives_a_change_of_event_loop() -> None:
+    """The pooled client belongs to the loop that created it; a call on another loop gets a new one,
+    and the old one is closed on its own loop."""
+    import asyncio
+    import threading
+
+    from wire_helpers import req
+
+    from llmkit import ProviderConfig
+    from llmkit.providers.openai import OpenAIProvider
+    from llmkit.testing import FakeOpenAIServer
+
+    first = asyncio.new_event_loop()
+    thread = threading.Thread(target=first.run_forever, daemon=True)
+    thread.start()
+    try:
+        with FakeOpenAIServer(reply="ok") as server:
+            provider = OpenAIProvider(ProviderConfig(name="o", adapter="openai", api_key="sk-loop-test-1234",
+                                                     base_url=server.url))
+            assert asyncio.run_coroutine_threadsafe(provider.complete(req()), first).result(5).content == "ok"
+            old = provider.client_if_any()
+
+            async def on_another_loop() -> str:
+                try:
+                    return (await provider.complete(req())).content
+                finally:
+                    await provider.aclose()
+
+            assert asyncio.run(on_another_loop()) == "ok"
+            assert asyncio.run_coroutine_threadsafe(asyncio.sleep(0, old), first).result(5).is_closed
+    finally:
+        first.call_soon_threadsafe(first.stop)
+        thread.join(5)
+        first.close()
