@@ -35,6 +35,11 @@ class RecordedRequest:
     raw: bytes = field(repr=False)
     query: str = ""
 
+    @property
+    def body(self) -> Any:
+        """The parsed JSON body (same as ``json``)."""
+        return self.json
+
 
 @dataclass(slots=True)
 class Action:

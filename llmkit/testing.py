@@ -7,10 +7,13 @@ services send (OpenAI, Anthropic, and the OpenAI-compatible quirks of Ollama, vL
     >>> import llmkit
     >>> from llmkit.testing import FakeOpenAIServer
     >>> with FakeOpenAIServer(reply="Hi there") as server:
-    ...     server.enqueue_error(429, retry_after=2)       # the first call is rate limited
-    ...     client = llmkit.Client(providers=[{"name": "fake", "adapter": "openai",
-    ...                                        "api_key": "sk-test", "base_url": server.url}])
-    ...     # client.completion(...) now meets a 429, then "Hi there"; server.requests shows what was sent
+    ...     server.enqueue_error(429, retry_after=0)        # the first call is rate limited
+    ...     providers = [{"name": "fake", "adapter": "openai", "api_key": "sk-test", "base_url": server.url}]
+    ...     with llmkit.Client(providers=providers, ledger=":memory:") as client:
+    ...         reply = client.completion(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    ...     sent = [r.json for r in server.requests if r.path == "/v1/chat/completions"]
+    >>> reply.content, [a.outcome for a in reply.attempts], sent[-1]["messages"]
+    ('Hi there', ['error', 'ok'], [{'role': 'user', 'content': 'Hi'}])
 
 Faults: ``enqueue_drop`` (close without answering), ``enqueue_reset`` (TCP RST), ``enqueue_malformed``
 (invalid JSON), ``enqueue_truncated`` (a stream cut short), ``enqueue_stream_error`` (an error event
