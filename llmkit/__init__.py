@@ -9,6 +9,7 @@ Heavy libraries (pandas, panel, genai-prices) are imported on first use, so ``im
 
 from __future__ import annotations
 
+from ._client import Client
 from ._config import ProviderConfig
 from ._errors import (
     AllProvidersFailedError,
@@ -36,6 +37,18 @@ from ._types import Attempt, Request, Response, StreamChunk, Usage
 
 __version__ = "0.1.0"
 
+
+def enable_nested_asyncio() -> None:
+    """Opt in to nest-asyncio, for code that calls ``asyncio.run`` inside a notebook cell.
+
+    llmkit itself never needs it (its sync API runs on a private loop thread). This patches asyncio
+    process-wide, so it is off unless you call it.
+    """
+    import nest_asyncio
+
+    nest_asyncio.apply()
+
+
 __all__ = [
     "AllProvidersFailedError",
     "Attempt",
@@ -43,6 +56,7 @@ __all__ = [
     "BadRequestError",
     "BudgetExceededError",
     "CircuitOpenError",
+    "Client",
     "ConfigError",
     "ContextWindowExceededError",
     "InvalidRequestError",
@@ -64,4 +78,5 @@ __all__ = [
     "StreamChunk",
     "Usage",
     "__version__",
+    "enable_nested_asyncio",
 ]

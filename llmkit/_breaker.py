@@ -32,7 +32,7 @@ class _ClockStorage(pybreaker.CircuitMemoryStorage):
         self._clock = clock
         self.opened_clock: float | None = None
 
-    @property  # type: ignore[override]
+    @property
     def opened_at(self) -> datetime | None:
         if self.opened_clock is None:
             return None

@@ -56,7 +56,7 @@ class ProviderConfig:
     """One provider entry. Fields mirror the TOML ``[[providers]]`` table."""
 
     name: str
-    adapter: str = "mock"
+    adapter: Any = "mock"  # a built-in name, "package.module:Class", or a Provider subclass
     api_key: str | None = field(default=None, repr=False)
     api_key_env: str | None = None
     base_url: str | None = None
@@ -218,7 +218,11 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     if not isinstance(name, str) or not name.strip():
         raise where.error("name", "a non-empty provider name", name)
     adapter = raw.get("adapter", "mock")
-    if not isinstance(adapter, str) or (adapter not in BUILTIN_ADAPTERS and not _ADAPTER_PATH.match(adapter)):
+    if isinstance(adapter, type):
+        from .providers import provider_class
+
+        provider_class(adapter)  # checks it is a Provider subclass
+    elif not isinstance(adapter, str) or (adapter not in BUILTIN_ADAPTERS and not _ADAPTER_PATH.match(adapter)):
         raise where.error("adapter", f"one of {list(BUILTIN_ADAPTERS)} or 'package.module:Class'", adapter)
     api_key = raw.get("api_key")
     if api_key is not None and not isinstance(api_key, str):

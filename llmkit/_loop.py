@@ -86,6 +86,8 @@ class LoopThread:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine itself raised a TimeoutError (e.g. RequestTimeoutError)
+                raise
             future.cancel()
             raise TimeoutError(f"no result within {timeout}s; the request was cancelled") from None
         except BaseException:
@@ -145,7 +147,13 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
 
         def select(timeout: float | None = None) -> list[Any]:
             ready: list[Any] = real_select(0)
-            if ready or timeout == 0:
+            if ready:
+                return ready
+            if timeout == 0:
+                if not self._ready:  # type: ignore[attr-defined]
+                    # only a due timer: let a microsecond pass, as it would in real time, so code that
+                    # re-arms a timer for "now" (rounding) cannot spin forever at one instant
+                    self._virtual_now += 1e-6
                 return ready
             if timeout is None:
                 return real_select(None)  # nothing scheduled: wait for a thread-safe wake-up

@@ -19,8 +19,12 @@ _BUILTIN = {
 }
 
 
-def provider_class(adapter: str) -> type[Provider]:
+def provider_class(adapter: str | type) -> type[Provider]:
     """The class behind an adapter name or a ``"package.module:Class"`` path (imported on demand)."""
+    if isinstance(adapter, type):
+        if not issubclass(adapter, Provider):
+            raise ConfigError(f"adapter {adapter.__name__!r} is not a subclass of llmkit.providers.Provider")
+        return adapter
     target = _BUILTIN.get(adapter, adapter)
     module_name, _, attr = target.partition(":")
     try:

@@ -136,7 +136,7 @@ class MockProvider(Provider):
         return self.response(request, content=reply, finish_reason="stop", usage=self._usage(request, reply),
                              raw=raw)
 
-    async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:  # type: ignore[override]
+    async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self.calls += 1
         await self._wait()
         self._maybe_fail()

@@ -1,0 +1,338 @@
+"""``Client``: the sync and async facade. Thin: validate, hand to the service on the private loop, wait.
+
+All state lives in a ``Service`` on the client's event loop thread (see ``_loop``), so the sync API
+works in scripts, Jupyter cells and threads, and the async API works from any loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
+from ._loop import LoopFactory, LoopThread, shared_loop
+from ._streams import AsyncStream, Stream, _Feed
+from ._types import Request, Response
+from ._validate import build_request
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._events import Event
+    from ._service import Service
+    from .providers.base import Provider
+
+
+class _Results:
+    """Results of ``completion_async`` requests, kept until fetched (the oldest finished ones beyond
+    ``limit`` are dropped, with a log line)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._futures: OrderedDict[str, concurrent.futures.Future[Response]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._finished = 0
+
+    def add(self, request_id: str, future: concurrent.futures.Future[Response]) -> None:
+        with self._lock:
+            self._futures[request_id] = future
+        future.add_done_callback(self._on_done)
+
+    def _on_done(self, _: object) -> None:
+        with self._lock:
+            self._finished += 1
+            if self._finished <= self.limit:
+                return
+            for rid in list(self._futures):
+                if self._finished <= self.limit:
+                    break
+                if self._futures[rid].done():
+                    del self._futures[rid]
+                    self._finished -= 1
+                    from ._secrets import logger
+                    logger.warning("dropped the unfetched result of %s (more than %d kept)", rid, self.limit)
+
+    def get(self, request_id: str) -> concurrent.futures.Future[Response]:
+        with self._lock:
+            try:
+                return self._futures[request_id]
+            except KeyError:
+                raise KeyError(f"unknown request id {request_id!r} (never submitted, or already fetched)") from None
+
+    def forget(self, request_id: str) -> None:
+        with self._lock:
+            future = self._futures.pop(request_id, None)
+            if future is not None and future.done():
+                self._finished -= 1
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(1 for f in self._futures.values() if not f.done())
+
+
+class Client:
+    """One client for every configured provider. See the README for the full tour.
+
+    ``Client()`` uses the providers whose keys are in the environment (``OPENAI_API_KEY``,
+    ``ANTHROPIC_API_KEY``), else the offline ``mock`` adapter. ``providers``: a list of dicts or
+    ``ProviderConfig``; ``fallbacks``: model -> equivalent models; ``ledger``: a SQLite path,
+    ``"default"`` (the user's data folder) or ``None`` (memory only); ``budget_usd`` with
+    ``budget_period`` ("day", "month" or "total"); ``timeout``: the overall deadline of a request.
+
+    For tests and simulations: ``sleep`` (an async callable) replaces the waits of retries and server
+    pauses, ``clock`` the clock of breakers and health, ``loop_factory`` the private event loop
+    (``llmkit.testing.VirtualTimeLoop`` makes time-driven behaviour instant).
+    """
+
+    def __init__(self, providers: Sequence[Mapping[str, Any] | ProviderConfig] | None = None, *,
+                 fallbacks: Mapping[str, Sequence[str]] | None = None,
+                 ledger: str | os.PathLike[str] | None = "default",
+                 budget_usd: float | None = None, budget_period: str | None = None, timeout: float | None = 600.0,
+                 health_interval: float | None = 30.0, config: ClientConfig | None = None,
+                 sleep: Any = None, clock: Any = None, loop_factory: LoopFactory | None = None,
+                 **options: Any) -> None:
+        if config is None:
+            raw: dict[str, Any] = {
+                "providers": list(providers) if providers is not None else list(default_providers()),
+                "fallbacks": dict(fallbacks or {}), "ledger": ledger, "budget_usd": budget_usd,
+                "budget_period": budget_period, "timeout": timeout, "health_interval": health_interval,
+                **options,
+            }
+            config = parse_client_config(raw)
+        if not config.providers:
+            config = parse_client_config({**_as_dict(config), "providers": list(default_providers())})
+        self.config = config
+        self._loop = LoopThread(loop_factory=loop_factory) if loop_factory else shared_loop()
+        self._closed = False
+        self._results = _Results(config.max_results)
+        self._service: Service = self._loop.run(self._build(sleep, clock))
+
+    async def _build(self, sleep: Any, clock: Any) -> Service:
+        from ._service import Service
+
+        service = Service(self.config, clock or asyncio.get_running_loop().time, sleep=sleep)
+        service.start()
+        return service
+
+    @classmethod
+    def from_config(cls, path_or_dict: str | os.PathLike[str] | Mapping[str, Any], **overrides: Any) -> Client:
+        """Build a client from a TOML file or a dict of the same shape."""
+        config = load_config(path_or_dict)
+        if overrides:
+            config = parse_client_config({**_as_dict(config), **overrides})
+        return cls(config=config)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _request(self, model: Any, messages: Any, _stream: bool = False, **kwargs: Any) -> Request:
+        self._check_open()
+        named = {k: kwargs.pop(k) for k in ("temperature", "max_tokens", "timeout", "priority", "metadata",
+                                              "provider") if k in kwargs}
+        request = build_request(model, messages, stream=_stream, extra=kwargs, **named)
+        self._service.router.candidates(request.model, request.provider)  # NoProviderError before any I/O
+        return request
+
+    def completion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
+        """Send one chat completion and wait for it. Raises the request's typed error."""
+        request = self._request(model, messages, **kwargs)
+        return self._loop.run(self._service.execute(request))
+
+    async def acompletion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
+        """``completion`` for async code (any event loop, a notebook's included)."""
+        request = self._request(model, messages, **kwargs)
+        return await self._loop.arun(self._service.execute(request))
+
+    def completion_async(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
+        """Queue a request and return its id at once; fetch it with ``get_result``."""
+        request = self._request(model, messages, **kwargs)
+        future = self._loop.submit(self._service.execute(request))
+        self._results.add(request.id, future)
+        return request.id
+
+    def get_result(self, request_id: str, timeout: float | None = None) -> Response:
+        """Wait for a queued request. Unknown id: ``KeyError``; past ``timeout``: ``TimeoutError``
+        (the request keeps running and can be fetched later)."""
+        future = self._results.get(request_id)
+        if self._loop.in_loop_thread() and not future.done():
+            raise RuntimeError("get_result would block llmkit's own loop; use await client.aget_result(...)")
+        try:
+            result = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"request {request_id} not finished within {timeout}s; it keeps running") from None
+        except concurrent.futures.CancelledError:
+            self._results.forget(request_id)
+            raise
+        except BaseException:
+            self._results.forget(request_id)
+            raise
+        self._results.forget(request_id)
+        return result
+
+    async def aget_result(self, request_id: str, timeout: float | None = None) -> Response:
+        """``get_result`` for async code."""
+        future = self._results.get(request_id)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"request {request_id} not finished within {timeout}s; it keeps running") from None
+        except BaseException:
+            if future.done():
+                self._results.forget(request_id)
+            raise
+        self._results.forget(request_id)
+        return result
+
+    def cancel(self, request_id: str) -> bool:
+        """Cancel a queued or running request; True if it was still running."""
+        return self._results.get(request_id).cancel()
+
+    def stream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Stream:
+        """``for chunk in client.stream(...)``; the stream's ``.response`` holds usage and cost at the end."""
+        request = self._request(model, messages, True, **kwargs)
+        return Stream(self._loop, lambda: self._feed(request))
+
+    def astream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncStream:
+        """``async for chunk in client.astream(...)``."""
+        request = self._request(model, messages, True, **kwargs)
+        return AsyncStream(self._loop, lambda: self._feed(request))
+
+    async def _feed(self, request: Request) -> _Feed:
+        return _Feed(lambda emit: self._service.stream(request, emit))
+
+    # -- observability -------------------------------------------------------------------------
+
+    def usage(self) -> pd.DataFrame:
+        """One row per finished request (ok or error), with tokens, cost and latency."""
+        from .frames import usage_frame
+
+        return usage_frame(self._service.ledger)
+
+    def cost_summary(self, by: str | Sequence[str] = ("provider", "model")) -> pd.DataFrame:
+        """Requests, tokens and cost grouped ``by`` provider, model, day, ... (budget in ``.attrs``)."""
+        from .frames import cost_summary_frame
+
+        frame = cost_summary_frame(self._service.ledger, by=by)
+        frame.attrs["budget"] = self.budget_status()
+        return frame
+
+    def health(self) -> pd.DataFrame:
+        """One row per provider: breaker state, health, uptime, error rate, latency percentiles."""
+        from .frames import health_frame
+
+        return health_frame(self._service.health.rows())
+
+    def latency(self, freq: str = "10s") -> pd.DataFrame:
+        """Latency p50/p95 and request counts per provider over time, for plots."""
+        from .frames import latency_frame
+
+        return latency_frame(self._service.ledger, freq=freq)
+
+    def events(self, kind: str | None = None) -> pd.DataFrame:
+        """Attempts, retries, fallbacks, breaker transitions, waits and health checks, oldest first."""
+        from .frames import events_frame
+
+        return events_frame(self._service.events.snapshot(kind))
+
+    def event_list(self, kind: str | None = None) -> list[Event]:
+        return self._service.events.snapshot(kind)
+
+    def budget_status(self) -> dict[str, Any] | None:
+        budget = self._service.budget
+        return budget.status() if budget is not None else None
+
+    def queue_depth(self) -> int:
+        """Requests waiting for a concurrency slot or a rate limit right now."""
+        return self._service.waiting
+
+    def in_flight(self) -> int:
+        """Requests started and not yet finished."""
+        return self._service.in_flight
+
+    def check_health(self, provider: str | None = None) -> pd.DataFrame:
+        """Run a health check now (all providers, or one) and return ``health()``."""
+        self._loop.run(self._service.health.check(provider))
+        return self.health()
+
+    def provider(self, name: str) -> Provider:
+        """The adapter instance behind a provider name (e.g. to drive the mock's ``set_down``)."""
+        try:
+            return self._service.providers[name]
+        except KeyError:
+            raise KeyError(f"no provider named {name!r}; configured: {sorted(self._service.providers)}") from None
+
+    @property
+    def providers(self) -> list[str]:
+        return [s.name for s in self._service.router.slots]
+
+    # -- dashboard -----------------------------------------------------------------------------
+
+    def dashboard(self, **options: Any) -> Any:
+        """The live dashboard as a Panel object: shows inline in a notebook."""
+        from dashboard.app import create_app
+
+        return create_app(self, **options)
+
+    def serve_dashboard(self, port: int = 0, address: str = "127.0.0.1", show: bool = False, **options: Any) -> Any:
+        """Serve the dashboard from this process; returns a handle with ``.url`` and ``.stop()``."""
+        from dashboard.app import serve
+
+        return serve(self, port=port, address=address, show=show, **options)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            from ._errors import LLMError
+
+            raise LLMError("this client is closed")
+
+    def close(self) -> None:
+        """Stop background work, release connections and flush the ledger."""
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.run(self._service.aclose())
+        if self._loop is not shared_loop():
+            self._loop.stop()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._loop.arun(self._service.aclose())
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        names = ", ".join(f"{p.name}({p.adapter})" for p in self.config.providers)
+        state = "closed" if self._closed else "open"
+        return f"<llmkit.Client [{names}] {state}>"
+
+    def __del__(self) -> None:  # best effort: a forgotten client must not keep threads busy
+        try:
+            if not getattr(self, "_closed", True) and self._loop is not shared_loop():
+                self._loop.stop()
+        except Exception:
+            pass
+
+
+def _as_dict(config: ClientConfig) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+

@@ -1,0 +1,296 @@
+"""Routing: candidates -> fallback -> retries -> one attempt.
+
+The chain reads like httpx's send path, one concern a step:
+
+``route`` walks the candidates (providers serving the model by priority, then the model's fallbacks) and
+moves on when a failure is the provider's problem; ``_with_retries`` retries one candidate with tenacity
+(exponential backoff with jitter, ``retry-after`` first); ``_attempt`` waits for a concurrency slot and
+the rate limit (in priority order), asks the breaker, and makes one call under the per-attempt timeout.
+Every step is recorded as an ``Attempt`` and as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
+
+from ._breaker import Breaker
+from ._config import ProviderConfig
+from ._errors import (
+    AllProvidersFailedError,
+    CircuitOpenError,
+    LLMError,
+    NoProviderError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    is_fallback_error,
+)
+from ._events import EventLog
+from ._limits import PriorityGate, Throttle
+from ._secrets import logger, redact
+from ._types import Attempt, Request, Response, StreamChunk
+from .providers.base import Provider, estimate_tokens
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class Slot:
+    """A provider and its resilience state: breaker, rate limits, concurrency cap."""
+
+    def __init__(self, provider: Provider, clock: Callable[[], float], events: EventLog,
+                 sleep: Sleep | None = None) -> None:
+        self.provider = provider
+        self.config: ProviderConfig = provider.config
+        self.name = provider.name
+        self.breaker = Breaker(self.name, self.config.breaker, clock, events)
+        self.throttle = Throttle(self.config.rate_limit, self.config.tokens_per_minute, clock, sleep)
+        self.gate = PriorityGate(self.config.max_concurrency)
+
+    def serves(self, model: str) -> bool:
+        return self.config.serves(model)
+
+    @property
+    def waiting(self) -> int:
+        return self.gate.waiting + self.throttle.waiting
+
+
+class _ServerAwareWait(wait_base):
+    """Honour a server's ``retry-after`` (capped); otherwise exponential backoff with jitter."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.backoff = wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.25)
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        after = getattr(exc, "retry_after", None)
+        if after is not None and after > 0:
+            return float(min(after, self.cap))
+        return float(self.backoff(retry_state))
+
+
+class _StopAtDeadline(stop_base):
+    """Stop when the next sleep would end past the request's deadline."""
+
+    def __init__(self, deadline: float, clock: Callable[[], float]) -> None:
+        self.deadline = deadline
+        self.clock = clock
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.clock() + retry_state.upcoming_sleep >= self.deadline
+
+
+def _retryable(cap: float) -> Callable[[BaseException], bool]:
+    def check(exc: BaseException) -> bool:
+        if not isinstance(exc, ProviderError) or not exc.retryable:
+            return False
+        after = exc.retry_after
+        return after is None or after <= cap  # asked to wait longer than we allow: fall back instead
+
+    return check
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    return type(exc).__name__, redact(str(exc))[:500]
+
+
+class Router:
+    """Turns a ``Request`` into a ``Response`` across providers, or raises a typed error."""
+
+    def __init__(self, slots: Sequence[Slot], fallbacks: Mapping[str, Sequence[str]], events: EventLog,
+                 clock: Callable[[], float], sleep: Sleep | None = None, retry_after_cap: float = 60.0,
+                 on_attempt: Callable[[str, bool, float], None] | None = None) -> None:
+        self.slots = sorted(slots, key=lambda s: s.config.priority)
+        self.by_name = {s.name: s for s in self.slots}
+        self.fallbacks = fallbacks
+        self.events = events
+        self.clock = clock
+        self.sleep: Sleep = sleep or asyncio.sleep
+        self.retry_after_cap = retry_after_cap
+        self.on_attempt = on_attempt
+
+    # -- candidates ----------------------------------------------------------------------------
+
+    def candidates(self, model: str, provider: str | None = None) -> list[tuple[Slot, str]]:
+        """(slot, model) pairs to try in order; raises ``NoProviderError`` when there are none."""
+        if provider is not None and provider not in self.by_name:
+            raise NoProviderError(f"no provider named {provider!r}; configured: {sorted(self.by_name)}")
+        out: list[tuple[Slot, str]] = []
+        for m in (model, *self.fallbacks.get(model, ())):
+            for slot in self.slots:
+                if (provider is None or slot.name == provider) and slot.serves(m) and (slot, m) not in out:
+                    out.append((slot, m))
+        if not out:
+            pinned = f" on provider {provider!r}" if provider else ""
+            raise NoProviderError(
+                f"no configured provider serves model {model!r}{pinned}; providers and their models: "
+                + ", ".join(f"{s.name}={list(s.config.models)}" for s in self.slots)
+            )
+        return out
+
+    # -- the chain -----------------------------------------------------------------------------
+
+    async def route(self, request: Request, attempts: list[Attempt], deadline: float) -> Response:
+        async def call(provider: Provider, req: Request) -> Response:
+            return await provider.complete(req)
+
+        return await self._with_fallback(request, attempts, deadline, call)
+
+    async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float
+                          ) -> tuple[Slot, StreamChunk, AsyncIterator[StreamChunk]]:
+        """Open a stream with fallback and retries up to its first chunk; later errors are not retried."""
+        opened: dict[str, Any] = {}
+
+        async def call(provider: Provider, req: Request) -> StreamChunk:
+            agen = provider.stream(req).__aiter__()
+            try:
+                first = await agen.__anext__()
+            except StopAsyncIteration:
+                first = StreamChunk()
+            opened["agen"] = agen
+            opened["slot"] = self.by_name[provider.name]
+            return first
+
+        first = await self._with_fallback(request, attempts, deadline, call)
+        return opened["slot"], first, opened["agen"]
+
+    async def _with_fallback(self, request: Request, attempts: list[Attempt], deadline: float,
+                             call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+        errors: list[BaseException] = []
+        candidates = self.candidates(request.model, request.provider)
+        for index, (slot, model) in enumerate(candidates):
+            req = request if model == request.model else dataclasses.replace(request, model=model)
+            try:
+                return await self._with_retries(slot, req, attempts, deadline, call)
+            except LLMError as exc:
+                if not (is_fallback_error(exc) or type(exc) is ProviderError):
+                    raise  # a malformed request fails anywhere: don't try the others
+                errors.append(exc)
+                if index + 1 < len(candidates):
+                    nxt, nxt_model = candidates[index + 1]
+                    self.events.emit("fallback", slot.name, request.id, model=model, to_provider=nxt.name,
+                                     to_model=nxt_model, error=type(exc).__name__)
+        if len(errors) == 1:
+            raise errors[0]
+        raise AllProvidersFailedError(request.model, errors)
+
+    async def _with_retries(self, slot: Slot, request: Request, attempts: list[Attempt], deadline: float,
+                            call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+        retrying = AsyncRetrying(
+            sleep=self.sleep,
+            stop=stop_after_attempt(slot.config.max_retries + 1) | _StopAtDeadline(deadline, self.clock),
+            wait=_ServerAwareWait(self.retry_after_cap),
+            retry=retry_if_exception(_retryable(self.retry_after_cap)),
+            before_sleep=lambda rs: self._before_sleep(slot, request, rs),
+            reraise=True,
+        )
+        retry = 0
+        async for attempt in retrying:
+            with attempt:
+                result = await self._attempt(slot, request, attempts, retry, call)
+                return result
+            retry += 1
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _before_sleep(self, slot: Slot, request: Request, rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        self.events.emit("retry", slot.name, request.id, model=request.model,
+                         error=type(exc).__name__ if exc else None, sleep_s=rs.upcoming_sleep,
+                         retry=rs.attempt_number)
+
+    async def _attempt(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
+                       call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+        start = self.clock()
+        await slot.gate.acquire(request.priority)
+        try:
+            queued = self.clock() - start
+            if queued > 0.001:
+                self.events.emit("queue_wait", slot.name, request.id, waited_s=queued)
+            estimate = request_tokens(request)
+            waited = await slot.throttle.acquire(request.priority, estimate)
+            if waited > 0.001:
+                self.events.emit("rate_limit_wait", slot.name, request.id, waited_s=waited)
+            return await self._call(slot, request, attempts, retry, call, estimate)
+        finally:
+            slot.gate.release()
+
+    async def _call(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
+                    call: Callable[[Provider, Request], Awaitable[T]], estimate: int) -> T:
+        try:
+            probe = slot.breaker.admit()
+        except CircuitOpenError as exc:
+            self._record(attempts, slot, request, "skipped", exc, 0.0, retry)
+            raise
+        start = self.clock()
+        try:
+            async with asyncio.timeout(slot.config.timeout):
+                result = await call(slot.provider, request)
+        except asyncio.CancelledError:
+            if probe:
+                slot.breaker.release_probe()
+            raise
+        except BaseException as raw:
+            error = _as_provider_error(raw, slot, request)
+            duration = self.clock() - start
+            slot.breaker.report(error, probe)
+            self._record(attempts, slot, request, "error", error, duration, retry)
+            pause = getattr(error, "retry_after", None)
+            if isinstance(error, RateLimitError) and pause:
+                slot.throttle.pause(pause)
+                self.events.emit("provider_pause", slot.name, request.id, pause_s=pause)
+            if error is raw:
+                raise
+            raise error from raw
+        duration = self.clock() - start
+        slot.breaker.report(None, probe)
+        self._record(attempts, slot, request, "ok", None, duration, retry)
+        if isinstance(result, Response):
+            self._after_response(slot, request, result, estimate)
+        return result
+
+    def _after_response(self, slot: Slot, request: Request, response: Response, estimate: int) -> None:
+        slot.throttle.correct(estimate, response.usage.total_tokens)
+        info = response.rate_limit
+        pause = info.pause_s() if info is not None else None
+        if pause:
+            slot.throttle.pause(pause)
+            self.events.emit("provider_pause", slot.name, request.id, pause_s=pause)
+
+    def _record(self, attempts: list[Attempt], slot: Slot, request: Request, outcome: str,
+                exc: BaseException | None, duration: float, retry: int) -> None:
+        error, message = _describe(exc) if exc is not None else (None, None)
+        attempt = Attempt(slot.name, request.model, outcome, error, message, duration, retry)  # type: ignore[arg-type]
+        attempts.append(attempt)
+        self.events.emit("attempt", slot.name, request.id, model=request.model, outcome=outcome, error=error,
+                         duration_s=duration, retry=retry)
+        if outcome != "skipped" and self.on_attempt is not None:
+            self.on_attempt(slot.name, outcome == "ok", duration)
+
+
+def request_tokens(request: Request) -> int:
+    """Tokens a request may use, for the tokens-per-minute limit: prompt estimate plus max output."""
+    prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+    return prompt + (request.max_tokens or 256)
+
+
+def _as_provider_error(exc: BaseException, slot: Slot, request: Request) -> BaseException:
+    """Timeouts become ``ProviderTimeoutError``; a custom adapter's stray exception becomes a ProviderError."""
+    if isinstance(exc, LLMError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderTimeoutError(f"no answer within {slot.config.timeout:g}s", provider=slot.name)
+    if isinstance(exc, Exception):
+        logger.warning("provider %s raised %s", slot.name, type(exc).__name__)
+        return ProviderError(f"adapter raised {type(exc).__name__}: {exc}", provider=slot.name, retryable=False)
+    return exc
+
+
+__all__ = ["Router", "Slot", "request_tokens"]

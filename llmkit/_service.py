@@ -1,0 +1,221 @@
+"""The in-process service behind a client: routing, budgets, costs, the ledger and health, on one loop.
+
+Everything here runs on the client's private event loop (see ``_loop``). ``execute`` and ``stream`` are
+the two request paths; both end every request in exactly one ledger record, ok or error, written
+durably before the result is handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+from ._budget import Budget
+from ._config import ClientConfig
+from ._errors import ProviderTimeoutError, RequestTimeoutError
+from ._events import EventLog
+from ._health import HealthMonitor
+from ._ledger import Ledger, LedgerRecord
+from ._pricing import Pricer
+from ._router import Router, Sleep, Slot, request_tokens
+from ._secrets import logger, redact
+from ._types import Attempt, Request, Response, StreamChunk
+from .providers import create_provider
+from .providers.base import estimate_usage
+
+
+class Service:
+    """Owns a client's providers and everything that protects, prices and records their calls."""
+
+    def __init__(self, config: ClientConfig, clock: Callable[[], float], *, sleep: Sleep | None = None,
+                 wallclock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.wallclock = wallclock
+        self.events = EventLog(config.max_events, wallclock)
+        self.providers = {p.name: create_provider(p) for p in config.providers}
+        self.slots = [Slot(p, clock, self.events, sleep) for p in self.providers.values()]
+        self.health = HealthMonitor(self.providers, {s.name: s.breaker for s in self.slots}, self.events,
+                                    interval=config.health_interval, clock=clock, wallclock=wallclock)
+        self.router = Router(self.slots, config.fallbacks, self.events, clock, sleep, config.retry_after_cap,
+                             on_attempt=self.health.record_request)
+        self.pricer = Pricer({p.name: p.pricing for p in config.providers if p.pricing})
+        ledger_path = None if config.ledger in (None, ":memory:") else config.ledger
+        self.ledger = Ledger(ledger_path)
+        self.budget = (Budget(config.budget_usd, config.budget_period, self.ledger, wallclock)
+                       if config.budget_usd is not None else None)
+        self.in_flight = 0
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def execute(self, request: Request) -> Response:
+        """Route ``request``; record it; return the response or raise its typed error."""
+        t0, started = self.clock(), self.wallclock()
+        attempts: list[Attempt] = []
+        self.in_flight += 1
+        token = None
+        try:
+            token = self._reserve(request)
+            response = await self._deadline(request, t0, attempts, self.router.route(request, attempts,
+                                                                                       self._deadline_at(request, t0)))
+            self._finish_response(request, response, attempts, t0)
+        except BaseException as exc:
+            await self._record(request, None, exc, attempts, started, t0)
+            raise
+        else:
+            await self._record(request, response, None, attempts, started, t0)
+            return response
+        finally:
+            self.in_flight -= 1
+            if token is not None and self.budget is not None:
+                self.budget.release(token)
+
+    async def stream(self, request: Request, emit: Callable[[StreamChunk], Awaitable[None]]) -> Response:
+        """Stream ``request`` into ``emit``: fallback and retries until the first chunk, then pass chunks on.
+
+        A coroutine, not a generator, so one task drives the whole stream and cancellation (the reader
+        went away) lands at an ``await`` where it can still be recorded.
+        """
+        t0, started = self.clock(), self.wallclock()
+        attempts: list[Attempt] = []
+        self.in_flight += 1
+        token = None
+        response: Response | None = None
+        texts: list[str] = []
+        try:
+            token = self._reserve(request)
+            slot, first, agen = await self._deadline(
+                request, t0, attempts, self.router.open_stream(request, attempts, self._deadline_at(request, t0)))
+            chunk: StreamChunk | None = first
+            while chunk is not None:
+                if chunk.response is not None:
+                    response = chunk.response
+                    break
+                texts.append(chunk.text)
+                await emit(chunk)
+                try:
+                    async with asyncio.timeout(slot.config.timeout):
+                        chunk = await agen.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+                except TimeoutError:
+                    err = ProviderTimeoutError(f"stream stalled for {slot.config.timeout:g}s", provider=slot.name)
+                    slot.breaker.report(err)
+                    raise err from None
+                except Exception as exc:
+                    slot.breaker.report(exc)
+                    raise
+            if response is None:  # the adapter ended without a final response: build one
+                content = "".join(texts)
+                response = Response(id=request.id, content=content, provider=slot.name, model=request.model,
+                                    usage=estimate_usage(request, content), requested_model=request.model)
+            self._finish_response(request, response, attempts, t0)
+        except BaseException as exc:
+            await self._record(request, None, exc, attempts, started, t0, stream=True)
+            raise
+        finally:
+            self.in_flight -= 1
+            if token is not None and self.budget is not None:
+                self.budget.release(token)
+        await self._record(request, response, None, attempts, started, t0, stream=True)
+        return response
+
+    # -- pieces --------------------------------------------------------------------------------
+
+    def _deadline_at(self, request: Request, t0: float) -> float:
+        timeout = request.timeout if request.timeout is not None else self.config.timeout
+        return t0 + timeout if timeout is not None else math.inf
+
+    async def _deadline(self, request: Request, t0: float, attempts: list[Attempt], work: Any) -> Any:
+        """Bound ``work`` by the request's overall timeout (on the loop's own clock)."""
+        timeout = request.timeout if request.timeout is not None else self.config.timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await work
+        except TimeoutError:
+            tried = ", ".join(f"{a.provider}:{a.outcome}" for a in attempts) or "nothing yet"
+            raise RequestTimeoutError(
+                f"request {request.id} passed its {timeout:g}s deadline (tried: {tried})") from None
+
+    def _reserve(self, request: Request) -> object | None:
+        if self.budget is None:
+            return None
+        slot, model = self.router.candidates(request.model, request.provider)[0]
+        estimate = self.pricer.estimate(slot.name, slot.provider.price_provider_id, model,
+                                        request_tokens(request) - (request.max_tokens or 256),
+                                        request.max_tokens or 256)
+        return self.budget.reserve(None if estimate is None else float(estimate))
+
+    def _finish_response(self, request: Request, response: Response, attempts: list[Attempt], t0: float) -> None:
+        response.id = request.id
+        response.attempts = attempts
+        response.latency_s = self.clock() - t0
+        response.requested_model = request.model
+        slot = self.router.by_name.get(response.provider)
+        price_id = slot.provider.price_provider_id if slot is not None else None
+        cost: Decimal | None = self.pricer.cost(response.provider, price_id, response.model, response.usage)
+        if cost is None and response.model != request.model and response.provider in self.router.by_name:
+            # a served model id the price table lacks (an alias resolved by the server): try the asked one
+            cost = self.pricer.cost(response.provider, price_id, request.model, response.usage)
+        response.cost_usd = None if cost is None else float(cost)
+
+    async def _record(self, request: Request, response: Response | None, exc: BaseException | None,
+                      attempts: list[Attempt], started: float, t0: float, stream: bool = False) -> None:
+        now = self.wallclock()
+        if response is not None:
+            u = response.usage
+            record = LedgerRecord(
+                request_id=request.id, time=now, started=started, provider=response.provider,
+                model=response.model, requested_model=request.model, status="ok", error_type=None,
+                error_message=None, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
+                reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
+                latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
+                priority=request.priority, metadata=request.metadata or None, prompt=self._prompt(request),
+            )
+        else:
+            last = attempts[-1] if attempts else None
+            record = LedgerRecord(
+                request_id=request.id, time=now, started=started, provider=last.provider if last else None,
+                model=last.model if last else None, requested_model=request.model, status="error",
+                error_type=type(exc).__name__, error_message=redact(str(exc))[:500], input_tokens=0,
+                output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
+                usage_estimated=False, cost_usd=0.0, latency_s=self.clock() - t0, attempts=len(attempts),
+                fallback=len({a.provider for a in attempts}) > 1, stream=stream, priority=request.priority,
+                metadata=request.metadata or None, prompt=self._prompt(request),
+            )
+        try:
+            await self.ledger.append(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # the ledger must never turn an answer into a failure
+            logger.error("llmkit could not write the ledger record for %s: %s", request.id, err)
+        self.events.emit("request", record.provider, request.id, status=record.status,
+                         error_type=record.error_type, cost_usd=record.cost_usd, latency_s=record.latency_s)
+
+    def _prompt(self, request: Request) -> str | None:
+        if not self.config.store_prompts:
+            return None
+        return "\n".join(f"{m.get('role')}: {m.get('content')}" for m in request.messages)[:2000]
+
+    # -- state for the client ------------------------------------------------------------------
+
+    @property
+    def waiting(self) -> int:
+        return sum(s.waiting for s in self.slots)
+
+    def start(self) -> None:
+        self.health.start()
+
+    async def aclose(self) -> None:
+        await self.health.stop()
+        for provider in self.providers.values():
+            try:
+                await provider.aclose()
+            except Exception as err:  # closing must not fail because one provider did
+                logger.warning("closing provider %s: %s", provider.name, err)
+        await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)

@@ -1,0 +1,82 @@
+"""Checking a call's arguments before anything is sent, and building the ``Request``."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ._errors import InvalidRequestError
+from ._types import ROLES, Request
+
+_KNOWN = {"model", "messages", "temperature", "max_tokens", "timeout", "priority", "metadata", "provider"}
+
+
+def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tokens: Any = None,
+                  timeout: Any = None, priority: Any = 0, metadata: Any = None, provider: Any = None,
+                  stream: bool = False, extra: Mapping[str, Any] | None = None) -> Request:
+    """Validate every argument and return a frozen ``Request``; raises ``InvalidRequestError``."""
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequestError(f"model: expected a non-empty model name, got {model!r}")
+    checked = _messages(messages)
+    if temperature is not None and (
+        not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
+        or not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0
+    ):
+        raise InvalidRequestError(f"temperature: expected a number from 0 to 2, got {temperature!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
+                                   or max_tokens < 1):
+        raise InvalidRequestError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
+                                or not timeout > 0):
+        raise InvalidRequestError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidRequestError(f"priority: expected an integer (lower runs first), got {priority!r}")
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, Mapping):
+        raise InvalidRequestError(f"metadata: expected a dict, got {type(metadata).__name__}")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"metadata: expected JSON-serialisable values ({exc})") from None
+    if provider is not None and (not isinstance(provider, str) or not provider):
+        raise InvalidRequestError(f"provider: expected a provider name, got {provider!r}")
+    extra = dict(extra or {})
+    if "stream" in extra:
+        raise InvalidRequestError("stream: not an argument here; use client.stream(...) or client.astream(...)")
+    clash = set(extra) & ({"stream", "stream_options", "messages", "model"} | _KNOWN)
+    if clash:
+        raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
+    return Request(model=model, messages=checked, temperature=None if temperature is None else float(temperature),
+                   max_tokens=max_tokens, timeout=None if timeout is None else float(timeout), priority=priority,
+                   metadata=dict(metadata), stream=stream, provider=provider, extra=extra)
+
+
+def _messages(messages: Any) -> tuple[dict[str, Any], ...]:
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidRequestError(
+            "messages: expected a list of {'role': ..., 'content': ...} dicts, "
+            f"got {type(messages).__name__}"
+        )
+    if not messages:
+        raise InvalidRequestError("messages: expected at least one message, got an empty list")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise InvalidRequestError(f"messages[{i}]: expected a dict with 'role' and 'content', "
+                                      f"got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise InvalidRequestError(f"messages[{i}].role: expected one of {sorted(ROLES)}, got {role!r}")
+        if "content" not in message:
+            raise InvalidRequestError(f"messages[{i}]: missing 'content'")
+        content = message["content"]
+        if content is None and not (role == "assistant" and message.get("tool_calls")):
+            raise InvalidRequestError(f"messages[{i}].content: expected a string, got None")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequestError(f"messages[{i}].content: expected a string (or a list of content parts), "
+                                      f"got {type(content).__name__}")
+        out.append(dict(message))
+    return tuple(out)
