@@ -72,6 +72,9 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        register_secret(self.api_key)
+
     def __repr__(self) -> str:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in ("api_key", "headers")
@@ -81,6 +84,7 @@ class ProviderConfig:
     def resolved_api_key(self) -> str | None:
         """The key itself, or the one in ``api_key_env`` (looked up now)."""
         if self.api_key:
+            register_secret(self.api_key)
             return self.api_key
         env = self.api_key_env or DEFAULT_KEY_ENV.get(self.adapter)
         key = os.environ.get(env) if env else None

@@ -36,7 +36,7 @@ from ._events import EventLog
 from ._limits import PriorityGate, Throttle
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk
-from .providers.base import Provider, estimate_tokens
+from .providers.base import Provider, prompt_tokens
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -277,8 +277,7 @@ class Router:
 
 def request_tokens(request: Request) -> int:
     """Tokens a request may use, for the tokens-per-minute limit: prompt estimate plus max output."""
-    prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
-    return prompt + (request.max_tokens or 256)
+    return prompt_tokens(request) + (request.max_tokens or 256)
 
 
 def _as_provider_error(exc: BaseException, slot: Slot, request: Request) -> BaseException:

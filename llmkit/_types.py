@@ -84,9 +84,6 @@ class Request:
     extra: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_request_id)
 
-    def prompt_chars(self) -> int:
-        return sum(len(str(m.get("content") or "")) for m in self.messages)
-
 
 @dataclass(slots=True)
 class Attempt:

@@ -23,8 +23,22 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_tokens(request: Request) -> int:
+    """Estimated prompt tokens of a request (about four characters a token, plus a few per message)."""
+    return sum(estimate_tokens(content_text(m.get("content"))) + 4 for m in request.messages)
+
+
 def estimate_usage(request: Request, output_text: str) -> Usage:
-    prompt = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+    prompt = prompt_tokens(request)
     return Usage(input_tokens=prompt, output_tokens=estimate_tokens(output_text), estimated=True)
 
 
@@ -33,7 +47,7 @@ class Provider(ABC):
 
     adapter: ClassVar[str] = "custom"
     #: Name genai-prices knows this provider by ("openai", "anthropic"); None for local/unpriced.
-    price_provider_id: ClassVar[str | None] = None
+    price_provider_id: str | None = None
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config

@@ -27,7 +27,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
     """A local or self-hosted OpenAI-compatible server (``adapter = "openai_compatible"``)."""
 
     adapter = "openai_compatible"
-    price_provider_id = None
+    price_provider_id: str | None = None
     default_base_url = DEFAULT_BASE_URLS["openai_compatible"]
     max_tokens_field = "max_tokens"
     requires_key = False

@@ -9,6 +9,8 @@ Options (``ProviderConfig.options``):
   (``server``, ``overloaded``, ``rate_limit``, ``timeout``, ``connection``, ``auth``, ``quota``,
   ``bad_request``, ``context_window``, ``not_found``), default ``["server"]``.
 - ``cached_ratio``: the share of prompt tokens reported as cache reads; ``seed``: the generator's seed.
+- ``price_as``: price the mock's usage as this provider would (``"openai"``, ``"anthropic"``), so costs
+  look real in a simulation; by default the mock is unpriced (``cost_usd`` None) unless ``pricing`` is set.
 
 At run time, ``set_down(True)`` simulates an outage and ``fail_next(n, kind)`` scripts failures.
 """
@@ -26,6 +28,7 @@ from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
 from .._types import Request, Response, StreamChunk, Usage
 from .base import Provider, estimate_tokens
+from .base import prompt_tokens as base_prompt_tokens
 
 _FAILURES: dict[str, Callable[[str], ProviderError]] = {
     "server": lambda p: e.ServerError("mock: internal server error", provider=p, status=500),
@@ -51,7 +54,8 @@ class MockProvider(Provider):
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
         opts = dict(config.options)
-        known = {"replies", "latency", "failure_rate", "failure_kinds", "cached_ratio", "seed", "chunk_words"}
+        known = {"replies", "latency", "failure_rate", "failure_kinds", "cached_ratio", "seed", "chunk_words",
+                 "price_as"}
         unknown = set(opts) - known
         if unknown:
             raise ConfigError(f"provider {config.name!r}: unknown mock option {sorted(unknown)[0]!r}; "
@@ -74,6 +78,10 @@ class MockProvider(Provider):
         self.failure_kinds = kinds
         self.cached_ratio = float(opts.get("cached_ratio", 0.0))
         self.chunk_words = int(opts.get("chunk_words", 1))
+        price_as = opts.get("price_as")
+        if price_as is not None and not isinstance(price_as, str):
+            raise ConfigError(f"provider {config.name!r}: option 'price_as': expected a provider id like 'openai'")
+        self.price_provider_id = price_as
         self.down = False
         self.calls = 0
         self._scripted: deque[str] = deque()
@@ -114,7 +122,7 @@ class MockProvider(Provider):
         return f"Mock reply to: {prompt[:200]}"
 
     def _usage(self, request: Request, reply: str) -> Usage:
-        prompt_tokens = sum(estimate_tokens(str(m.get("content") or "")) + 4 for m in request.messages)
+        prompt_tokens = base_prompt_tokens(request)
         out = estimate_tokens(reply)
         if request.max_tokens is not None:
             out = min(out, request.max_tokens)

@@ -90,7 +90,7 @@ class OpenAIProvider(HTTPProvider):
     """OpenAI's Chat Completions API (``adapter = "openai"``)."""
 
     adapter = "openai"
-    price_provider_id: ClassVar[str | None] = "openai"
+    price_provider_id: str | None = "openai"
     default_base_url = "https://api.openai.com/v1"
     request_id_header = "x-request-id"
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
