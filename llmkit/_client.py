@@ -161,31 +161,32 @@ class Client:
         if self._loop.in_loop_thread() and not future.done():
             raise RuntimeError("get_result would block llmkit's own loop; use await client.aget_result(...)")
         try:
-            result = future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise TimeoutError(f"request {request_id} not finished within {timeout}s; it keeps running") from None
-        except concurrent.futures.CancelledError:
-            self._results.forget(request_id)
-            raise
-        except BaseException:
-            self._results.forget(request_id)
-            raise
+            future.result(timeout)
+        except BaseException as exc:
+            if not future.done():  # our wait timed out (or was interrupted); the request keeps running
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"request {request_id} not finished within {timeout}s; "
+                                       "it keeps running") from None
+                raise
+        return self._fetch(request_id, future)
+
+    def _fetch(self, request_id: str, future: concurrent.futures.Future[Response]) -> Response:
+        """Hand over a finished request's outcome (its response, or its own error) and forget it."""
         self._results.forget(request_id)
-        return result
+        return future.result(0)
 
     async def aget_result(self, request_id: str, timeout: float | None = None) -> Response:
         """``get_result`` for async code."""
         future = self._results.get(request_id)
         try:
-            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"request {request_id} not finished within {timeout}s; it keeps running") from None
-        except BaseException:
-            if future.done():
-                self._results.forget(request_id)
-            raise
-        self._results.forget(request_id)
-        return result
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+        except BaseException as exc:
+            if not future.done():
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"request {request_id} not finished within {timeout}s; "
+                                       "it keeps running") from None
+                raise
+        return self._fetch(request_id, future)
 
     def cancel(self, request_id: str) -> bool:
         """Cancel a queued or running request; True if it was still running."""
@@ -273,13 +274,13 @@ class Client:
 
     def dashboard(self, **options: Any) -> Any:
         """The live dashboard as a Panel object: shows inline in a notebook."""
-        from dashboard.app import create_app
+        from .dashboard.app import create_app
 
         return create_app(self, **options)
 
     def serve_dashboard(self, port: int = 0, address: str = "127.0.0.1", show: bool = False, **options: Any) -> Any:
         """Serve the dashboard from this process; returns a handle with ``.url`` and ``.stop()``."""
-        from dashboard.app import serve
+        from .dashboard.app import serve
 
         return serve(self, port=port, address=address, show=show, **options)
 
