@@ -108,6 +108,38 @@ def append_throughput(n_sync: int, n_async: int) -> tuple[float, float, float, f
     return sync_rate, async_rate, per_commit, reload_s
 
 
+async def _max_lag(work: asyncio.Future[None] | None, period: float = 0.001) -> tuple[float, float]:
+    """(p99, max) lateness of a 1 ms ticker on this loop while ``work`` runs (or for 0.5 s without work)."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    end = loop.time() + 0.5
+    while (work is not None and not work.done()) or (work is None and loop.time() < end):
+        expected = loop.time() + period
+        await asyncio.sleep(period)
+        lags.append(max(0.0, loop.time() - expected))
+    lags.sort()
+    return lags[int(len(lags) * 0.99) - 1] if lags else 0.0, lags[-1] if lags else 0.0
+
+
+def loop_stall(n: int) -> tuple[float, float, float, float]:
+    """Does writing to SQLite stall the event loop? Ticker lateness (p99, max) idle, then during n async
+    appends at 64 concurrent (the writes run on the ledger's writer thread)."""
+    now = time.time()
+    records = [record(i, now) for i in range(n)]
+
+    async def run() -> tuple[float, float, float, float]:
+        idle = await _max_lag(None)
+        with tempfile.TemporaryDirectory() as tmp:
+            ledger = Ledger(Path(tmp) / "stall.sqlite3")
+            work = asyncio.ensure_future(_append_concurrently(ledger, records, 64))
+            busy = await _max_lag(work)
+            await work
+            ledger.close()
+        return (*idle, *busy)
+
+    return asyncio.run(run())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer records (a CI smoke run)")
@@ -119,6 +151,7 @@ def main() -> None:
     per_record = bytes_per_record(n_mem)
     first, best = usage_frame_seconds(n_frame)
     sync_rate, async_rate, per_commit, reload_s = append_throughput(n_sync, n_async)
+    idle_p99, _idle_max, busy_p99, busy_max = loop_stall(n_async)
 
     rows = [
         (f"memory per record ({n_mem:,} records, tracemalloc)", f"{per_record:,.0f} B", "< 500 B",
@@ -131,6 +164,10 @@ def main() -> None:
         (f"SQLite async append, 64 concurrent ({n_async:,})", f"{async_rate:,.0f} /s", "-", None),
         ("  rows per group commit", f"{per_commit:,.1f}", "-", None),
         (f"reopen + reload {n_sync + n_async:,} records", f"{reload_s:.3f} s", "-", None),
+        ("event-loop lag p99, idle (1 ms ticker)", f"{idle_p99 * 1000:.2f} ms", "-", None),
+        (f"event-loop lag p99, during {n_async:,} appends", f"{busy_p99 * 1000:.2f} ms", "< 5 ms",
+         busy_p99 < 0.005),
+        (f"event-loop lag max, during {n_async:,} appends", f"{busy_max * 1000:.2f} ms", "-", None),
     ]
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':<{width}}  {'measured':>12}  {'target':>8}  ok")
