@@ -19,6 +19,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 import panel as pn
+from bokeh.models import DataRange1d
 
 from .plots import BreakerTimeline, CostPlot, LatencyPlot, QueuePlot, TrafficPlot
 from .store import DashboardStore
@@ -60,20 +61,27 @@ class Dashboard(pn.Column):
             f'{escape(", ".join(store.providers))} · refresh {refresh_s:g} s · buckets {store.bucket_s:g} s'
             f' · opened {started}</span></div>', stylesheets=[HEADER_CSS], sizing_mode="stretch_width")
         wide = {"sizing_mode": "stretch_width"}
+        x = DataRange1d()  # one time axis for every plot
+        views: dict[str, Any] = {
+            "kpis": KPIs(store), "providers": ProviderCards(store), "cost": CostPlot(store, x),
+            "latency": LatencyPlot(store, x), "traffic": TrafficPlot(store, x), "queue": QueuePlot(store, x),
+            "breakers": BreakerTimeline(store, x_range=x), "costs": CostTable(store), "recent": RecentRequests(store),
+        }
         super().__init__(
             header,
-            KPIs(store),
+            views["kpis"],
             _section("Providers"),
-            ProviderCards(store),
-            pn.Row(CostPlot(store), LatencyPlot(store), **wide),
-            pn.Row(TrafficPlot(store), QueuePlot(store), **wide),
-            pn.Row(BreakerTimeline(store),
-                   pn.Column(_section("Cost by provider and model"), CostTable(store), width=600), **wide),
+            views["providers"],
+            pn.Row(views["cost"], views["latency"], **wide),
+            pn.Row(views["traffic"], views["queue"], **wide),
+            pn.Row(views["breakers"], pn.Column(_section("Cost by provider and model"), views["costs"], width=600),
+                   **wide),
             _section("Recent requests"),
-            RecentRequests(store),
+            views["recent"],
             sizing_mode="stretch_width", styles={"background": "#f6f7f9"}, margin=0,
         )
         self.store = store
+        self.views = views
         self.refresh_s = refresh_s
         self.callback: Any = None
         doc = pn.state.curdoc
@@ -147,10 +155,15 @@ class DashboardHandle:
         return f"<DashboardHandle {self.url} {'running' if self.running else 'stopped'}>"
 
 
-def _free_port(address: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
+def _bindable_port(address: str, port: int) -> int:
+    """``port`` (any free one for 0) if it can be bound on ``address`` as the server will bind it, else OSError."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tornado does
+            sock.bind((address, port))
+            return int(sock.getsockname()[1])
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve the dashboard on {address}:{port}: {exc.strerror}") from None
 
 
 def serve(client: Client, port: int = 0, address: str = "127.0.0.1", show: bool = False, refresh_s: float = 1.0,
@@ -159,8 +172,7 @@ def serve(client: Client, port: int = 0, address: str = "127.0.0.1", show: bool 
     """Serve ``client``'s dashboard at ``http://address:port/`` from a background thread (``port=0``: any
     free port). Binds to 127.0.0.1 by default; pass ``address="0.0.0.0"`` (and ``websocket_origin``, the
     ``host:port`` your browser uses) to share it on a network."""
-    if port == 0:
-        port = _free_port(address)
+    port = _bindable_port(address, port)
     host = "127.0.0.1" if address in ("", "0.0.0.0") else address
     origins = websocket_origin or list(dict.fromkeys([f"{host}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"]))
     server_id = uuid.uuid4().hex

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import panel as pn
-from bokeh.models import ColumnDataSource, FactorRange, HoverTool, NumeralTickFormatter
+from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, NumeralTickFormatter
 from bokeh.models.annotations import Title
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
@@ -36,7 +36,12 @@ def _local_ms(t: float) -> float:
     return (t + (offset.total_seconds() if offset else 0.0)) * 1000.0
 
 
-def _figure(title: str, height: int = 250, y_label: str | None = None, **kwargs: Any) -> Any:
+def _figure(title: str, height: int = 250, y_label: str | None = None, x_range: Any = None,
+            y_start: float | None = None, **kwargs: Any) -> Any:
+    if x_range is not None:
+        kwargs["x_range"] = x_range
+    if y_start is not None:
+        kwargs["y_range"] = DataRange1d(start=y_start, min_interval=1e-6)  # counts and costs start at 0
     fig = figure(title=title, height=height, sizing_mode="stretch_width", x_axis_type="datetime",
                  tools="pan,xwheel_zoom,box_zoom,reset,save", toolbar_location="above", **kwargs)
     fig.toolbar.logo = None
@@ -53,9 +58,10 @@ def _figure(title: str, height: int = 250, y_label: str | None = None, **kwargs:
 class _Plot(Viewer):
     """A bokeh figure fed from one of the store's rolling buffers."""
 
-    def __init__(self, store: DashboardStore, **params: Any) -> None:
+    def __init__(self, store: DashboardStore, x_range: Any = None, **params: Any) -> None:
         super().__init__(**params)
         self.store = store
+        self.x_range = x_range  # share one range across plots: panning or zooming one moves them all
         self.colors = provider_colors(store.providers)
         self.source = ColumnDataSource(self._columns([]))
         self.cursor = 0
@@ -94,7 +100,7 @@ class CostPlot(_Plot):
         return data
 
     def _make_figure(self) -> Any:
-        fig = _figure("Cumulative cost by provider (USD)", y_label="USD")
+        fig = _figure("Cumulative cost by provider (USD)", y_label="USD", x_range=self.x_range, y_start=0.0)
         fig.yaxis.formatter = NumeralTickFormatter(format="$0.[0000]")
         for i, name in enumerate(self.store.providers):
             fig.line("time", f"c{i}", source=self.source, color=self.colors[name], line_width=2, legend_label=name)
@@ -118,7 +124,8 @@ class LatencyPlot(_Plot):
         return data
 
     def _make_figure(self) -> Any:
-        fig = _figure(f"Latency p50 (solid) / p95 (dashed) per {self.store.bucket_s:g} s", y_label="ms")
+        fig = _figure(f"Latency p50 (solid) / p95 (dashed) per {self.store.bucket_s:g} s", y_label="ms",
+                      x_range=self.x_range, y_start=0.0)
         for i, name in enumerate(self.store.providers):
             color = self.colors[name]
             fig.line("time", f"p50_{i}", source=self.source, color=color, line_width=2, legend_label=name)
@@ -141,7 +148,7 @@ class TrafficPlot(_Plot):
                 "retries": [r["retries"] / w for r in rows]}
 
     def _make_figure(self) -> Any:
-        fig = _figure("Requests, errors and waits per second", y_label="per second")
+        fig = _figure("Requests, errors and waits per second", y_label="per second", x_range=self.x_range, y_start=0.0)
         fig.varea("time", y1=0, y2="rps", source=self.source, color="#1f77b4", alpha=0.15)
         fig.line("time", "rps", source=self.source, color="#1f77b4", line_width=2, legend_label="requests/s")
         fig.line("time", "eps", source=self.source, color="#c62828", line_width=2, legend_label="errors/s")
@@ -165,7 +172,7 @@ class QueuePlot(_Plot):
                 "flight": [r["in_flight"] for r in rows]}
 
     def _make_figure(self) -> Any:
-        fig = _figure("Queue depth and requests in flight", y_label="requests")
+        fig = _figure("Queue depth and requests in flight", y_label="requests", x_range=self.x_range, y_start=0.0)
         fig.step("time", "flight", source=self.source, color="#1f77b4", line_width=2, legend_label="in flight",
                  mode="after")
         fig.step("time", "queue", source=self.source, color="#ff7f0e", line_width=2,
@@ -183,15 +190,16 @@ class BreakerTimeline(Viewer):
     provider) that is replaced every tick, which also makes the strips grow up to "now".
     """
 
-    def __init__(self, store: DashboardStore, max_rows: int = 2000, **params: Any) -> None:
+    def __init__(self, store: DashboardStore, max_rows: int = 2000, x_range: Any = None, **params: Any) -> None:
         super().__init__(**params)
         self.store = store
         self.max_rows = max_rows
         self.closed = ColumnDataSource(self._columns([]))
         self.current = ColumnDataSource(self._columns([]))
         self.cursor = 0
-        height = 90 + 34 * max(1, len(store.providers))
-        fig = _figure("Circuit breakers", height=height, y_range=FactorRange(factors=list(reversed(store.providers))))
+        height = 170 + 30 * max(1, len(store.providers))
+        fig = _figure("Circuit breakers", height=height, x_range=x_range,
+                      y_range=FactorRange(factors=list(reversed(store.providers))))
         for source in (self.closed, self.current):
             fig.hbar(y="provider", left="start", right="end", height=0.7, color="color", source=source,
                      line_color="white", line_width=0.5)
