@@ -1,0 +1,163 @@
+"""Requests per second through llmkit's whole pipeline on the in-process ``mock`` adapter (no HTTP).
+
+Validation, routing, the concurrency gate, rate-limit check, breaker, tenacity retries, pricing (a
+config override), the ledger (memory) and events, for every request; the mock answers at once. Ways
+in: ``acompletion`` gathered in batches from the caller's event loop, ``completion_async`` +
+``get_result`` from a thread, and sequential ``completion``. A diagnostic row runs the pipeline on
+llmkit's own loop (no thread hop) to show what the hop costs. Goal: 10,000 requests/s.
+
+    python benchmarks/bench_pipeline.py             # ~20 s
+    python benchmarks/bench_pipeline.py --quick     # CI smoke run
+    python benchmarks/bench_pipeline.py --profile   # + cProfile of the loop thread: top functions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import MESSAGES, MODEL, goal, machine, print_goals, table, write_json
+
+GOAL_RPS = 10_000
+PROVIDER = {"name": "mock", "adapter": "mock", "models": ["*"],
+            "pricing": {MODEL: {"input": 0.15, "output": 0.6}}}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import llmkit
+
+    n, batch, rounds = args.n, args.batch, args.rounds
+    client = llmkit.Client(providers=[PROVIDER], ledger=None, health_interval=None)
+    runner = asyncio.Runner()
+
+    def gather_batches() -> float:
+        async def go() -> float:
+            t = time.perf_counter()
+            for _ in range(n // batch):
+                await asyncio.gather(*(client.acompletion(model=MODEL, messages=MESSAGES) for _ in range(batch)))
+            return (n // batch) * batch / (time.perf_counter() - t)
+        return runner.run(go())
+
+    def submit_and_fetch() -> float:
+        t = time.perf_counter()
+        done = 0
+        for _ in range(n // batch):
+            ids = [client.completion_async(model=MODEL, messages=MESSAGES) for _ in range(batch)]
+            for rid in ids:
+                client.get_result(rid)
+            done += batch
+        return done / (time.perf_counter() - t)
+
+    def sequential_sync() -> float:
+        count = max(1, n // 4)
+        t = time.perf_counter()
+        for _ in range(count):
+            client.completion(model=MODEL, messages=MESSAGES)
+        return count / (time.perf_counter() - t)
+
+    def own_loop() -> float:  # diagnostic: the pipeline without the thread hop (private API)
+        from llmkit._validate import build_request
+
+        service = client._service
+
+        async def go() -> float:
+            t = time.perf_counter()
+            for _ in range(n // batch):
+                await asyncio.gather(*(service.execute(build_request(MODEL, MESSAGES)) for _ in range(batch)))
+            return (n // batch) * batch / (time.perf_counter() - t)
+        return client._loop.run(go())
+
+    variants: dict[str, Callable[[], float]] = {
+        f"acompletion, asyncio.gather batches of {batch}": gather_batches,
+        f"completion_async + get_result, batches of {batch}": submit_and_fetch,
+        "completion, sequential (one at a time)": sequential_sync,
+        "  pipeline on llmkit's own loop (no thread hop)": own_loop,
+    }
+    for fn in variants.values():  # warm up
+        saved = n
+        n = min(n, 500)
+        fn()
+        n = saved
+    results: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            rps = fn()
+            wall = time.perf_counter() - t0
+            results[name].append(rps)
+            cpu[name].append((time.process_time() - c0) / (rps * wall))  # CPU seconds per request
+    profile_text = None
+    if args.profile:
+        profile_text = profile(client, runner, n, batch)
+    client.close()
+    runner.close()
+
+    print(f"Pipeline throughput on the mock adapter, memory ledger ({machine()})")
+    rows = []
+    for name in variants:
+        rows.append([name, f"{statistics.median(results[name]):,.0f}", f"{max(results[name]):,.0f}",
+                     f"{statistics.median(cpu[name]) * 1e6:,.0f} µs",
+                     " ".join(f"{r:,.0f}" for r in results[name])])
+    print(table(["variant", "req/s (median)", "best", "CPU/request", "rounds"], rows))
+    if profile_text:
+        print(profile_text)
+    headline = f"acompletion, asyncio.gather batches of {batch}"
+    goals = [goal(f"pipeline req/s: {name.strip()}", f"≥ {GOAL_RPS:,}/s", f"{statistics.median(results[name]):,.0f}/s",
+                  statistics.median(results[name]) >= GOAL_RPS)
+             for name in (headline, f"completion_async + get_result, batches of {batch}")]
+    print_goals(goals)
+    return {"benchmark": "pipeline", "machine": machine(), "results": results, "goals": goals}
+
+
+def profile(client: Any, runner: asyncio.Runner, n: int, batch: int) -> str:
+    """cProfile the loop thread while acompletion batches run; the top functions by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    client._loop.run(_call(prof.enable))
+
+    async def go() -> None:
+        for _ in range(n // batch):
+            await asyncio.gather(*(client.acompletion(model=MODEL, messages=MESSAGES) for _ in range(batch)))
+
+    runner.run(go())
+    client._loop.run(_call(prof.disable))
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    return "\ncProfile of llmkit's loop thread (profiling inflates every figure):\n" + out.getvalue()
+
+
+async def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a CI smoke run")
+    parser.add_argument("--n", type=int, default=20_000, help="requests a run")
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.rounds = 2_000, 1
+    write_json(args.json, run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
