@@ -12,6 +12,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
@@ -150,7 +151,8 @@ class Client:
     def completion_async(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Queue a request and return its id at once; fetch it with ``get_result``."""
         request = self._request(model, messages, **kwargs)
-        future = self._loop.submit(self._service.execute(request))
+        self._service.note_submitted()
+        future = self._loop.submit(self._service.execute(request, submitted=True))
         self._results.add(request.id, future)
         return request.id
 
@@ -222,7 +224,10 @@ class Client:
         return frame
 
     def health(self) -> pd.DataFrame:
-        """One row per provider: breaker state, health, uptime, error rate, latency percentiles."""
+        """One row per provider: breaker state, health, uptime, error rate, latency percentiles.
+
+        ``requests``/``errors``/``error_rate`` count the calls this provider received in the rolling
+        window (retries included), which is what its health is judged on."""
         from .frames import health_frame
 
         return health_frame(self._service.health.rows())
@@ -243,16 +248,28 @@ class Client:
         return self._service.events.snapshot(kind)
 
     def budget_status(self) -> dict[str, Any] | None:
+        """The budget: limit_usd, period, period_start (UTC), spent_usd, reserved_usd, remaining_usd,
+        used_pct; None when no budget is set."""
         budget = self._service.budget
-        return budget.status() if budget is not None else None
+        if budget is None:
+            return None
+        status = dict(budget.status())
+        start = status.get("period_start")
+        if isinstance(start, (int, float)):
+            status["period_start"] = datetime.fromtimestamp(start, UTC)
+        for key in ("spent_usd", "reserved_usd", "remaining_usd"):
+            if isinstance(status.get(key), float):
+                status[key] = round(status[key], 12)
+        return status
 
     def queue_depth(self) -> int:
-        """Requests waiting for a concurrency slot or a rate limit right now."""
+        """Requests waiting right now: queued by ``completion_async`` and not started, or waiting for a
+        provider's concurrency slot or rate limit."""
         return self._service.waiting
 
     def in_flight(self) -> int:
-        """Requests started and not yet finished."""
-        return self._service.in_flight
+        """Requests submitted and not yet finished (waiting or running)."""
+        return self._service.pending
 
     def check_health(self, provider: str | None = None) -> pd.DataFrame:
         """Run a health check now (all providers, or one) and return ``health()``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -48,12 +49,22 @@ class Service:
         self.ledger = Ledger(ledger_path)
         self.budget = (Budget(config.budget_usd, config.budget_period, self.ledger, wallclock)
                        if config.budget_usd is not None else None)
-        self.in_flight = 0
+        self.in_flight = 0  # requests started on the loop and not yet finished
+        self._submitted = 0  # requests handed over by completion_async that have not started yet
+        self._count_lock = threading.Lock()
 
     # -- requests ------------------------------------------------------------------------------
 
-    async def execute(self, request: Request) -> Response:
+    def note_submitted(self) -> None:
+        """Called from the caller's thread when a request is queued, so queue depth counts it at once."""
+        with self._count_lock:
+            self._submitted += 1
+
+    async def execute(self, request: Request, submitted: bool = False) -> Response:
         """Route ``request``; record it; return the response or raise its typed error."""
+        if submitted:
+            with self._count_lock:
+                self._submitted -= 1
         t0, started = self.clock(), self.wallclock()
         attempts: list[Attempt] = []
         self.in_flight += 1
@@ -206,7 +217,13 @@ class Service:
 
     @property
     def waiting(self) -> int:
-        return sum(s.waiting for s in self.slots)
+        """Requests waiting: queued and not started, or waiting for a concurrency slot or a rate limit."""
+        return self._submitted + sum(s.waiting for s in self.slots)
+
+    @property
+    def pending(self) -> int:
+        """Requests not finished: waiting, or running."""
+        return self._submitted + self.in_flight
 
     def start(self) -> None:
         self.health.start()

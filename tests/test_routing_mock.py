@@ -207,3 +207,13 @@ def test_overall_timeout_bounds_retries_and_queue() -> None:
             c.completion("m", MSG, timeout=12)
         rows = c._service.ledger.columns()
         assert list(rows["status"]) == ["error"] and list(rows["error_type"]) == ["RequestTimeoutError"]
+
+
+def test_queue_depth_counts_a_request_as_soon_as_it_is_queued() -> None:
+    slow = {"name": "slow", "adapter": "mock", "max_concurrency": 1, "options": {"latency": 3600.0}}
+    with llmkit.Client([slow], ledger=None, health_interval=None) as c:  # a real loop: the hour never passes
+        ids = [c.completion_async("m", MSG) for _ in range(3)]
+        assert c.in_flight() == 3
+        assert c.queue_depth() in (2, 3)  # at most one holds the only slot
+        for rid in ids:
+            c.cancel(rid)
