@@ -7,7 +7,7 @@ Four providers, no network and no real key: ``openai`` (a loopback ``FakeOpenAIS
 gpt-4o-mini, priced by genai-prices, rate limited so requests wait), ``anthropic`` (a loopback
 ``FakeAnthropicServer`` serving claude-3-5-haiku-20241022), ``local`` (an Ollama-flavoured fake,
 priced at 0 through a ``pricing`` override) and ``mock`` (the in-process mock). gpt-4o-mini falls
-back to claude-3-5-haiku and then to the local model. Every few seconds a server answers 500, 529
+back to claude-3-5-haiku and then to the local model. Every few seconds a server answers 500, 503, 529
 or 429 with ``retry-after``; every ``outage_every_s`` the primary (openai) goes down for
 ``outage_s`` seconds, so its breaker opens, probes half-open and closes once health checks pass.
 The traffic mixes priorities (``completion_async`` + ``get_result``), plain calls and streams, at a
@@ -60,12 +60,12 @@ class DemoWorld:
              "rate_limit": "4/second", "max_retries": 2, "timeout": 5.0,
              "breaker": {"fail_max": 4, "reset_timeout": 5.0}},
             {"name": "local", "adapter": "openai_compatible", "base_url": self.local.url, "models": [LOCAL_MODEL],
-             "priority": 2, "max_concurrency": 4, "timeout": 5.0, "options": {"health_path": "/"},
+             "priority": 2, "max_concurrency": 4, "max_retries": 0, "timeout": 5.0, "options": {"health_path": "/"},
              "pricing": {LOCAL_MODEL: {"input": 0.0, "output": 0.0}}},
             {"name": "mock", "adapter": "mock", "models": ["mock-*"], "priority": 3, "max_retries": 0,
              "pricing": {MOCK_MODEL: {"input": 0.5, "output": 1.5}},
-             "options": {"latency": [0.02, 0.25], "failure_rate": 0.1, "failure_kinds": ["server", "overloaded"],
-                         "replies": [REPLY]}},
+             "options": {"latency": [0.02, 0.25], "failure_rate": 0.08, "seed": 7,
+                         "failure_kinds": ["server", "overloaded"], "replies": [REPLY]}},
         ]
         fallbacks = {OPENAI_MODEL: [ANTHROPIC_MODEL, LOCAL_MODEL], ANTHROPIC_MODEL: [OPENAI_MODEL]}
         try:
@@ -185,6 +185,8 @@ class Workload:
                 w.openai.enqueue_error(500)
             if tick % 13 == 0:
                 w.anthropic.enqueue_error(529, type="overloaded_error", message="Overloaded")
+            if tick % 23 == 0:
+                w.local.enqueue_error(503, message="model is loading")  # no retry, no fallback: the request fails
             if tick % 17 == 0:
                 w.openai.enqueue_error(429, retry_after=1, message="Rate limit reached for gpt-4o-mini")
             elapsed = time.monotonic() - started - self.outage_at_s

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import panel as pn
 from bokeh.models import DataRange1d
+from panel.io.notebook import push_notebook
 
 from .plots import BreakerTimeline, CostPlot, LatencyPlot, QueuePlot, TrafficPlot
 from .store import DashboardStore
@@ -74,7 +75,7 @@ class Dashboard(pn.Column):
             views["providers"],
             pn.Row(views["cost"], views["latency"], **wide),
             pn.Row(views["traffic"], views["queue"], **wide),
-            pn.Row(views["breakers"], pn.Column(_section("Cost by provider and model"), views["costs"], width=600),
+            pn.Row(views["breakers"], pn.Column(_section("Cost by provider and model"), views["costs"], width=560),
                    **wide),
             _section("Recent requests"),
             views["recent"],
@@ -99,6 +100,9 @@ class Dashboard(pn.Column):
         """Read what is new and update every view (the periodic callback calls this)."""
         with pn.io.hold():
             self.store.refresh()
+        # in a notebook, changes made to Bokeh models directly (the plots' streams) travel only when
+        # something pushes the document: push it now (a no-op when served)
+        push_notebook(self)
 
     def stop(self) -> None:
         """Stop refreshing (a notebook's dashboard otherwise refreshes until the kernel stops)."""

@@ -42,12 +42,12 @@ CARD_CSS = """
 .llmkit-provider .stats { display: grid; grid-template-columns: auto auto; gap: 2px 12px; font-size: 12px;
   color: #3c4754; margin-top: 8px; font-variant-numeric: tabular-nums; }
 .llmkit-provider .stats span:nth-child(odd) { color: #5f6b7a; }
-table.llmkit-costs { border-collapse: collapse; width: 100%; font-size: 13px; font-family: system-ui, sans-serif;
+table.llmkit-costs { border-collapse: collapse; width: 100%; font-size: 12px; font-family: system-ui, sans-serif;
   font-variant-numeric: tabular-nums; }
 table.llmkit-costs th { text-align: left; color: #5f6b7a; font-weight: 600; border-bottom: 1px solid #e3e6ea;
-  padding: 4px 8px; }
-table.llmkit-costs td { padding: 4px 8px; border-bottom: 1px solid #f1f3f5; white-space: nowrap; }
-table.llmkit-costs td.num, table.llmkit-costs th.num { text-align: right; }
+  padding: 4px 6px; }
+table.llmkit-costs td { padding: 4px 6px; border-bottom: 1px solid #f1f3f5; word-break: break-word; }
+table.llmkit-costs td.num, table.llmkit-costs th.num { text-align: right; white-space: nowrap; }
 """
 
 
@@ -178,7 +178,7 @@ class CostTable(_HTMLView):
 
     def render(self) -> str:
         head = ("<tr><th>provider</th><th>model</th><th class=num>requests</th><th class=num>errors</th>"
-                "<th class=num>tokens in / out</th><th class=num>cost</th></tr>")
+                "<th class=num>tokens in/out</th><th class=num>cost</th></tr>")
         rows = "".join(
             f"<tr><td>{escape(r['provider'])}</td><td>{escape(r['model'])}</td>"
             f"<td class=num>{r['requests']:,}</td><td class=num>{r['errors']:,}</td>"

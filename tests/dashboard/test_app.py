@@ -128,3 +128,36 @@ def test_demo_workload_trips_and_recovers_the_primary_breaker() -> None:
     assert ("openai", "closed", "open") in summary["breaker_transitions"]
     assert set(summary["by_provider"]) >= {"openai", "anthropic"}
     assert "requests" in lines[-1]
+
+
+def test_in_a_notebook_new_points_are_pushed_over_the_comm(client: llmkit.Client) -> None:
+    """Rendered as Jupyter does (a held document and a comm), each refresh sends the new plot points."""
+    from bokeh.document import Document
+    from panel.io.notebook import render_mimebundle
+    from pyviz_comms import Comm
+
+    class RecordingComm(Comm):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self._comm = True  # "open"
+            self.sent: list[Any] = []
+
+        def init(self) -> None:
+            pass
+
+        def send(self, data: Any = None, metadata: Any = None, buffers: Any = ()) -> None:
+            self.sent.append(data)
+
+        def close(self) -> None:
+            pass
+
+    now = [float(int(time.time()))]
+    app = create_app(client, clock=lambda: now[0], bucket_s=1.0)
+    doc, comm = Document(), RecordingComm()
+    render_mimebundle(app._render_model(doc, comm), doc, comm)
+    client.completion(model="m", messages=MSG)
+    app.refresh()
+    comm.sent.clear()
+    now[0] += 2.0  # new buckets for the plots, nothing new for the HTML views' text... but the plots
+    app.refresh()
+    assert any("ColumnsStreamed" in str(message) for message in comm.sent)
