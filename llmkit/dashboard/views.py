@@ -162,8 +162,9 @@ class ProviderCards(_HTMLView):
         retry = row.get("retry_in_s")
         stats = [("health", "healthy" if row.get("healthy") else "unhealthy"),
                  ("uptime", "n/a" if uptime is None else f"{uptime:.1f}%"), ("last check", check),
-                 ("requests (5 min)", f"{row.get('requests', 0):,}"),
-                 ("error rate", "n/a" if rate is None else f"{100 * rate:.1f}%"),
+                 # the health monitor counts attempts (retries included), not requests
+                 ("attempts (5 min)", f"{row.get('requests', 0):,}"),
+                 ("attempt errors", "n/a" if rate is None else f"{100 * rate:.1f}%"),
                  ("p50 / p95", ms_pair(row.get("latency_p50_s"), row.get("latency_p95_s")))]
         if retry is not None:
             stats.append(("probe in", f"{retry:.1f} s"))

@@ -123,9 +123,10 @@ def test_demo_workload_trips_and_recovers_the_primary_breaker() -> None:
 
     lines: list[str] = []
     summary = run_demo(duration_s=6.0, dashboard=False, rate=16.0, outage_at_s=0.5, outage_s=2.5, out=lines.append)
-    assert summary["requests"] > 20 and summary["cost_usd"] > 0
+    assert summary["requests"] > 10 and summary["cost_usd"] > 0
     assert summary["outages"] == 1
-    assert ("openai", "closed", "open") in summary["breaker_transitions"]
+    openai = [(old, new) for name, old, new in summary["breaker_transitions"] if name == "openai"]
+    assert openai[0] == ("closed", "open") and openai[-1][1] == "closed"  # opened in the outage, closed after
     assert set(summary["by_provider"]) >= {"openai", "anthropic"}
     assert "requests" in lines[-1]
 
