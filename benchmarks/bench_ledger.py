@@ -143,6 +143,7 @@ def loop_stall(n: int) -> tuple[float, float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer records (a CI smoke run)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     n_mem, n_frame, n_sync, n_async = (10_000, 100_000, 300, 3_000) if args.quick else (
         100_000, 1_000_000, 2_000, 30_000)
@@ -174,7 +175,7 @@ def main() -> None:
     for name, measured, target, ok in rows:
         flag = "" if ok is None else ("yes" if ok else "NO")
         print(f"{name:<{width}}  {measured:>12}  {target:>8}  {flag}")
-    if any(ok is False for *_, ok in rows):
+    if args.check and any(ok is False for *_, ok in rows):
         raise SystemExit(1)
 
 

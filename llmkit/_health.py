@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ._breaker import Breaker
-from ._errors import ProviderTimeoutError
+from ._errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
 from ._events import EventLog
+from ._secrets import redact
 from .providers.base import Provider
 
 MAX_SAMPLES = 2048          # latencies kept per provider for the percentiles
@@ -137,11 +138,13 @@ class HealthMonitor:
                 await self._providers[name].health_check()
         except TimeoutError:
             error = ProviderTimeoutError(f"health check timed out after {self.check_timeout:g}s", provider=name)
-        except Exception as exc:  # a down provider, or a buggy adapter: either way the check failed
+        except ProviderError as exc:
             error = exc
+        except Exception as exc:  # a buggy or custom adapter: the check failed; keep only a scrubbed message
+            error = ProviderConnectionError(f"health check raised {type(exc).__name__}: {exc}", provider=name)
         now = self._clock()
         ok = error is None
-        described = None if error is None else f"{type(error).__name__}: {error}"
+        described = None if error is None else redact(f"{type(error).__name__}: {error}")
         with self._lock:
             stats = self._stats_for(name)
             stats.checks.append((now, ok))
@@ -149,7 +152,7 @@ class HealthMonitor:
             stats.last_check_ok = ok
             stats.last_error = described
         self._events.emit("health_check", name, ok=ok, error=None if error is None else type(error).__name__,
-                          error_message=None if error is None else str(error), duration_s=now - started)
+                          error_message=None if error is None else redact(str(error)), duration_s=now - started)
         breaker = self._breakers.get(name)
         if breaker is not None:
             breaker.record_check(ok, error)

@@ -208,6 +208,7 @@ class Router:
 
     async def _attempt(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                        call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+        self._skip_if_open(slot, request, attempts, retry)  # fail fast: don't queue for an open circuit
         start = self.clock()
         await slot.gate.acquire(request.priority)
         try:
@@ -221,6 +222,13 @@ class Router:
             return await self._call(slot, request, attempts, retry, call, estimate)
         finally:
             slot.gate.release()
+
+    def _skip_if_open(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int) -> None:
+        wait = slot.breaker.retry_in()
+        if wait is not None and wait > 0:
+            exc = CircuitOpenError(slot.name, wait)
+            self._record(attempts, slot, request, "skipped", exc, 0.0, retry)
+            raise exc
 
     async def _call(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                     call: Callable[[Provider, Request], Awaitable[T]], estimate: int) -> T:
@@ -236,6 +244,7 @@ class Router:
         except asyncio.CancelledError:
             if probe:
                 slot.breaker.release_probe()
+            self._record(attempts, slot, request, "error", _Cancelled(), self.clock() - start, retry)
             raise
         except BaseException as raw:
             error = _as_provider_error(raw, slot, request)
@@ -248,7 +257,7 @@ class Router:
                 self.events.emit("provider_pause", slot.name, request.id, pause_s=pause)
             if error is raw:
                 raise
-            raise error from raw
+            raise error from None  # the original may carry secrets (a key in a URL): its text is scrubbed
         duration = self.clock() - start
         slot.breaker.report(None, probe)
         self._record(attempts, slot, request, "ok", None, duration, retry)
@@ -271,8 +280,18 @@ class Router:
         attempts.append(attempt)
         self.events.emit("attempt", slot.name, request.id, model=request.model, outcome=outcome, error=error,
                          duration_s=duration, retry=retry)
-        if outcome != "skipped" and self.on_attempt is not None:
+        if outcome != "skipped" and self.on_attempt is not None and not isinstance(exc, _Cancelled):
             self.on_attempt(slot.name, outcome == "ok", duration)
+
+
+class _Cancelled(Exception):
+    """How an attempt cut short (by the request's deadline, or the caller) shows in ``attempts``."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled: the request's deadline passed or the caller went away")
+
+
+_Cancelled.__name__ = "Cancelled"
 
 
 def request_tokens(request: Request) -> int:

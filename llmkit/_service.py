@@ -8,10 +8,11 @@ durably before the result is handed back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -99,27 +100,16 @@ class Service:
         texts: list[str] = []
         try:
             token = self._reserve(request)
+            loop = asyncio.get_running_loop()
+            total = request.timeout if request.timeout is not None else self.config.timeout
+            hard = loop.time() + total if total is not None else math.inf
             slot, first, agen = await self._deadline(
                 request, t0, attempts, self.router.open_stream(request, attempts, self._deadline_at(request, t0)))
-            chunk: StreamChunk | None = first
-            while chunk is not None:
-                if chunk.response is not None:
-                    response = chunk.response
-                    break
-                texts.append(chunk.text)
-                await emit(chunk)
-                try:
-                    async with asyncio.timeout(slot.config.timeout):
-                        chunk = await agen.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-                except TimeoutError:
-                    err = ProviderTimeoutError(f"stream stalled for {slot.config.timeout:g}s", provider=slot.name)
-                    slot.breaker.report(err)
-                    raise err from None
-                except Exception as exc:
-                    slot.breaker.report(exc)
-                    raise
+            try:
+                response = await self._pump(request, slot, first, agen, emit, texts, hard)
+            finally:
+                with contextlib.suppress(Exception):
+                    await agen.aclose()
             if response is None:  # the adapter ended without a final response: build one
                 content = "".join(texts)
                 response = Response(id=request.id, content=content, provider=slot.name, model=request.model,
@@ -134,6 +124,37 @@ class Service:
                 self.budget.release(token)
         await self._record(request, response, None, attempts, started, t0, stream=True)
         return response
+
+    async def _pump(self, request: Request, slot: Slot, chunk: StreamChunk | None, agen: AsyncIterator[StreamChunk],
+                    emit: Callable[[StreamChunk], Awaitable[None]], texts: list[str], hard: float) -> Response | None:
+        """Pass a stream's chunks on until its final response, within the stall timeout and the deadline."""
+        loop = asyncio.get_running_loop()
+        while chunk is not None:
+            if chunk.response is not None:
+                return chunk.response
+            texts.append(chunk.text)
+            await emit(chunk)
+            remaining = hard - loop.time()
+            wait = min(slot.config.timeout, remaining)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await agen.__anext__()
+            except StopAsyncIteration:
+                return None
+            except TimeoutError:
+                if hard - loop.time() <= 0 or wait < slot.config.timeout:
+                    raise RequestTimeoutError(
+                        f"request {request.id} passed its {request.timeout or self.config.timeout:g}s deadline "
+                        "while streaming") from None
+                err = ProviderTimeoutError(f"stream stalled for {slot.config.timeout:g}s", provider=slot.name)
+                slot.breaker.report(err)
+                raise err from None
+            except Exception as exc:
+                slot.breaker.report(exc)
+                raise
+        return None
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -226,6 +247,12 @@ class Service:
         return self._submitted + self.in_flight
 
     def start(self) -> None:
+        """On the loop: prepare the providers (connection pools) and start health checks."""
+        for provider in self.providers.values():
+            try:
+                provider.prepare()
+            except Exception as err:  # a provider that cannot prepare fails on its first call instead
+                logger.warning("preparing provider %s: %s", provider.name, redact(str(err)))
         self.health.start()
 
     async def aclose(self) -> None:

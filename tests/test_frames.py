@@ -183,7 +183,8 @@ def test_core_modules_do_not_import_pandas_or_genai_prices() -> None:
 
 
 @pytest.mark.slow
-def test_benchmark_quick_run_meets_its_targets() -> None:
+def test_benchmark_quick_smoke_run_prints_its_table() -> None:
+    """A smoke run only: timings are the benchmark's business, never asserted in tests."""
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ledger.py"
     result = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -314,9 +314,15 @@ class HTTPProvider(Provider):
                 headers=self._headers(),
                 timeout=self._timeout(None),
                 limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+                # a plain-http server (a local model) never needs TLS: skip loading the CA bundle
+                verify=not self.base_url.startswith("http://"),
             )
             self._client_loop = loop
         return self._client
+
+    def prepare(self) -> None:
+        """Build the connection pool now (TLS setup costs tens of ms), not inside the first call's timeout."""
+        _ = self.client
 
     def client_if_any(self) -> httpx.AsyncClient | None:
         """The pooled client if one was created (for inspection; does not create one)."""

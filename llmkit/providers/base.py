@@ -67,6 +67,9 @@ class Provider(ABC):
     async def health_check(self) -> None:
         """Raise a ``ProviderError`` if the provider is not reachable. The default checks nothing."""
 
+    def prepare(self) -> None:
+        """Called once on the client's event loop when the client starts: set up what the first call needs."""
+
     async def aclose(self) -> None:
         """Release connections."""
 

@@ -417,8 +417,6 @@ def test_retries_stop_before_the_deadline(how: str, flavor: str, servers: dict[s
     assert (record.status, record.error_type) == ("error", "ServerError")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a stream's overall deadline (timeout=) is only enforced until its "
-                                       "first chunk; a trickling stream runs past it unbounded")
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_stream_deadline_bounds_the_whole_stream(flavor: str, fake_time: FakeTime) -> None:
     """Chunks every 50 ms (never a stall by the 1 s per-attempt timeout) for about 1.5 s, with a 0.5 s deadline.

@@ -279,16 +279,12 @@ def test_custom_adapter_errors_are_scrubbed_in_message_ledger_and_logs(
     assert_clean("llmkit log", caplog.text)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the router chains the adapter's raw exception (raise ... from raw), "
-                                       "so a traceback or logger.exception shows the unredacted key")
 def test_custom_adapter_error_traceback_is_scrubbed(keyed: llmkit.Client) -> None:
     with pytest.raises(llmkit.ProviderError) as info:
         keyed.completion("m", MSG)
     assert_clean("traceback", "".join(traceback.format_exception(info.value)))
 
 
-@pytest.mark.xfail(strict=True, reason="bug: health checks store str(error) of a non-llmkit exception unredacted "
-                                       "in health().last_error and the health_check event's error_message")
 def test_custom_adapter_health_check_errors_are_scrubbed(keyed: llmkit.Client) -> None:
     health = keyed.check_health()
     assert health.loc[0, "last_check_ok"] == False  # noqa: E712
