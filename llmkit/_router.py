@@ -116,6 +116,7 @@ class Router:
         self.sleep: Sleep = sleep or asyncio.sleep
         self.retry_after_cap = retry_after_cap
         self.on_attempt = on_attempt
+        self._is_retryable = _retryable(retry_after_cap)
 
     # -- candidates ----------------------------------------------------------------------------
 
@@ -184,19 +185,29 @@ class Router:
 
     async def _with_retries(self, slot: Slot, request: Request, attempts: list[Attempt], deadline: float,
                             call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+        # The first try runs bare: most calls succeed, and building a tenacity loop costs more than the
+        # rest of the pipeline. Only a retryable failure enters tenacity, which replays that failure as
+        # its own first attempt, so backoff, retry-after and stop rules stay tenacity's.
+        try:
+            return await self._attempt(slot, request, attempts, 0, call)
+        except Exception as exc:
+            if slot.config.max_retries == 0 or not self._is_retryable(exc):
+                raise
+            first = exc
         retrying = AsyncRetrying(
             sleep=self.sleep,
             stop=stop_after_attempt(slot.config.max_retries + 1) | _StopAtDeadline(deadline, self.clock),
             wait=_ServerAwareWait(self.retry_after_cap),
-            retry=retry_if_exception(_retryable(self.retry_after_cap)),
+            retry=retry_if_exception(self._is_retryable),
             before_sleep=lambda rs: self._before_sleep(slot, request, rs),
             reraise=True,
         )
         retry = 0
         async for attempt in retrying:
             with attempt:
-                result = await self._attempt(slot, request, attempts, retry, call)
-                return result
+                if retry == 0:
+                    raise first
+                return await self._attempt(slot, request, attempts, retry, call)
             retry += 1
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
