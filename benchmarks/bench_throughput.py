@@ -11,7 +11,7 @@ order: the main rows use the project default and ``--max-concurrency``; a sweep 
 the cap's effect on the zero-latency server and on a server that takes ``--latency`` per answer
 (where a small cap bounds throughput at cap / latency).
 
-    python benchmarks/bench_throughput.py            # a few minutes
+    python benchmarks/bench_throughput.py            # about 8 minutes
     python benchmarks/bench_throughput.py --quick    # CI smoke run, well under a minute
 """
 
@@ -74,7 +74,8 @@ class Bench:
     def n_for(self, level: int) -> int:
         return {1: self.args.n1, 10: self.args.n10, 50: self.args.n50}.get(level, self.args.n50)
 
-    async def raw(self, level: int, mode: str, n: int, url: str | None = None, lib: str = "httpx") -> dict[str, Any]:
+    async def raw(self, level: int, mode: str, n: int, url: str | None = None, lib: str = "httpx",
+                  max_seconds: float | None = None) -> dict[str, Any]:
         import importlib
 
         httpx = importlib.import_module(lib)
@@ -88,12 +89,12 @@ class Bench:
 
             if mode == "warm":
                 await sequential(call, self.args.warm_seq)
-            row = await concurrent(call, level, n, self.args.max_seconds)
+            row = await concurrent(call, level, n, max_seconds or self.args.max_seconds)
             row["connections"] = pool_size(client)
         return row
 
     async def llmkit(self, level: int, mode: str, n: int, cap: int, ledger: Any = None,
-                     url: str | None = None) -> dict[str, Any]:
+                     url: str | None = None, max_seconds: float | None = None) -> dict[str, Any]:
         import llmkit
 
         provider = {"name": "fake", "adapter": "openai", "api_key": API_KEY, "base_url": url or self.url,
@@ -105,7 +106,7 @@ class Bench:
 
             if mode == "warm":
                 await sequential(call, self.args.warm_seq)
-            row = await concurrent(call, level, n, self.args.max_seconds)
+            row = await concurrent(call, level, n, max_seconds or self.args.max_seconds)
             row["connections"] = pool_size(client.provider("fake").client_if_any())
         finally:
             await client.aclose()
@@ -219,14 +220,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def cap_sweep(args: argparse.Namespace, bench: Bench, latency: float = 0.0) -> list[dict[str, Any]]:
-    """50 callers, cold clients, one run per cap (and raw httpx for reference)."""
+    """50 callers, cold clients, one run per cap (and raw httpx for reference), each at most 10 s."""
     rows = []
-    n = args.sweep_n
+    n, limit = args.sweep_n, min(10.0, args.max_seconds)
     for cap in args.sweep_caps:
-        row = await bench.llmkit(50, "cold", n, cap)
+        row = await bench.llmkit(50, "cold", n, cap, max_seconds=limit)
         rows.append({"latency": latency, "variant": f"llmkit cap {cap}", **row})
     for mode in ("cold", "warm"):
-        row = await bench.raw(50, mode, n)
+        row = await bench.raw(50, mode, n, max_seconds=limit)
         rows.append({"latency": latency, "variant": f"raw httpx, {mode}", **row})
     return rows
 
@@ -258,10 +259,12 @@ def report(args: argparse.Namespace, merged: dict[tuple[int, str], dict[str, Any
         print(litellm_error if litellm_error != LITELLM_MISSING else LITELLM_MISSING)
     if sweep:
         print()
-        out = [[f"{s['latency'] * 1e3:g} ms", s["variant"], f"{s['rps']:,.0f}", f"{s['p50'] * 1e3:,.2f} ms",
-                f"{s['p95'] * 1e3:,.2f} ms", f"{s['cpu_per_request'] * 1e6:,.0f} µs", s.get("connections") or ""]
+        out = [[f"{s['latency'] * 1e3:g} ms", s["variant"], s["requests"], f"{s['rps']:,.0f}",
+                f"{s['p50'] * 1e3:,.2f} ms", f"{s['p95'] * 1e3:,.2f} ms", f"{s['cpu_per_request'] * 1e6:,.0f} µs",
+                s.get("connections") or ""]
                for s in sweep]
-        print(table(["server latency", "variant (50 callers, cold)", "req/s", "p50", "p95", "CPU/req", "conns"], out,
+        print(table(["server latency", "variant (50 callers, cold)", "requests", "req/s", "p50", "p95", "CPU/req",
+                     "conns"], out,
                     title="max_concurrency sweep (one run each)"))
 
     goals = []

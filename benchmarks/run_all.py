@@ -65,8 +65,20 @@ def markdown(results: dict[str, dict[str, Any] | None], quick: bool) -> str:
     stamp = time.strftime("%Y-%m-%d", time.gmtime())
     lines.append("")
     lines.append(f"_{'Quick (smoke) run' if quick else 'Full run'} of `python benchmarks/run_all.py`, {stamp}, "
-                 f"{machine()}{load}._")
+                 f"llmkit at {revision()}, {machine()}{load}._")
     return "\n".join(lines)
+
+
+def revision() -> str:
+    """The commit measured (``+changes`` when llmkit/ differs from it), or "an unknown commit"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=HERE.parent, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "llmkit"], capture_output=True, text=True,
+                               cwd=HERE.parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "an unknown commit"
+    return f"`{head}`{' + uncommitted changes' if dirty else ''}" if head else "an unknown commit"
 
 
 def update_readme(text: str) -> None:
