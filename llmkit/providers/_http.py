@@ -183,6 +183,9 @@ def _int(value: str | None) -> int | None:
         return None
 
 
+_RATE_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+
+
 def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo | None:
     """Rate-limit state from OpenAI-style ``x-ratelimit-*`` or Anthropic ``anthropic-ratelimit-*``
     headers (plus retry-after); None when the response carried none of them.
@@ -190,6 +193,9 @@ def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = Non
     For Anthropic, whose limits are split into tokens / input-tokens / output-tokens, the token fields
     describe the most exhausted of the groups present (lowest remaining share of its limit).
     """
+    keys = headers.keys()
+    if not any(k.lower().startswith(_RATE_PREFIXES) for k in keys):
+        return None  # the common case: one pass over the names instead of a dozen lookups
     retry_after = parse_retry_after(headers, now)
     info = RateLimitInfo(retry_after_s=retry_after)
     found = retry_after is not None
