@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
+import weakref
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -32,6 +35,8 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self._inbox: deque[_Job] = deque()
+        self._inbox_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -68,8 +73,13 @@ class LoopThread:
         return self._thread is not None and threading.current_thread() is self._thread
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the private loop; returns a thread-safe future."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Schedule ``coro`` on the private loop; returns a thread-safe future (cancelling it cancels
+        the task). Like ``run_coroutine_threadsafe``, but a burst of submissions wakes the loop once."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        job = _Job(coro, None, future)
+        future.add_done_callback(lambda f: self._caller_done(job, f))
+        self._post(job)
+        return future
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the private loop and block this thread for its result.
@@ -102,7 +112,43 @@ class LoopThread:
             running = None
         if running is not None and running is self._loop:
             return await coro
-        return await asyncio.wrap_future(self.submit(coro))
+        if running is None:  # pragma: no cover - arun is always awaited inside a loop
+            return await asyncio.wrap_future(self.submit(coro))
+        waiter: asyncio.Future[T] = running.create_future()
+        job = _Job(coro, running, waiter)
+        waiter.add_done_callback(lambda f: self._caller_done(job, f))
+        self._post(job)
+        return await waiter
+
+    # Async callers cross threads in batches: a burst of ``arun`` calls costs one wake-up of the private
+    # loop, and a burst of results one wake-up of each caller's loop, instead of two per call.
+
+    def _post(self, job: _Job) -> None:
+        loop = self.loop
+        self._inbox.append(job)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_scheduled = False
+        loop = self._loop
+        assert loop is not None
+        while True:
+            try:
+                job = self._inbox.popleft()
+            except IndexError:
+                return
+            job.task = loop.create_task(job.coro)
+            if job.cancelled:
+                job.task.cancel()
+            job.task.add_done_callback(functools.partial(_reply, job))
+
+    def _caller_done(self, job: _Job, waiter: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        """Where the caller waits: a cancelled caller cancels the request where it runs."""
+        loop = self._loop
+        if waiter.cancelled() and loop is not None:
+            loop.call_soon_threadsafe(_cancel_job, job)
 
     def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         self.loop.call_soon_threadsafe(fn, *args)
@@ -116,6 +162,87 @@ class LoopThread:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+class _Job:
+    """One call crossing to the private loop and back: from a caller's loop (``arun``: ``caller`` is that
+    loop, ``waiter`` an asyncio future) or from a thread (``submit``: no caller loop, a thread-safe future)."""
+
+    __slots__ = ("caller", "cancelled", "coro", "task", "waiter")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], caller: asyncio.AbstractEventLoop | None,
+                 waiter: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        self.coro = coro
+        self.caller = caller
+        self.waiter = waiter
+        self.task: asyncio.Task[Any] | None = None
+        self.cancelled = False
+
+
+class _Outbox:
+    """Results waiting to be handed to one caller loop, delivered in batches."""
+
+    __slots__ = ("items", "scheduled")
+
+    def __init__(self) -> None:
+        self.items: deque[tuple[_Job, asyncio.Task[Any]]] = deque()
+        self.scheduled = False
+
+    def drain(self) -> None:
+        self.scheduled = False
+        while True:
+            try:
+                job, task = self.items.popleft()
+            except IndexError:
+                return
+            _settle(job.waiter, task)
+
+
+_outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = weakref.WeakKeyDictionary()
+
+
+def _settle(waiter: asyncio.Future[Any] | concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
+    """Copy a finished task's outcome to the future its caller waits on."""
+    if waiter.done():
+        return
+    try:
+        if task.cancelled():
+            waiter.cancel()
+        elif (exc := task.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(task.result())
+    except concurrent.futures.InvalidStateError:  # the caller cancelled it from its thread just now
+        pass
+
+
+def _reply(job: _Job, task: asyncio.Task[Any]) -> None:
+    """On the private loop: hand a finished job's outcome back (to a caller loop, one wake-up a batch)."""
+    caller = job.caller
+    if caller is None:
+        _settle(job.waiter, task)  # a thread-safe future: set it from here
+        return
+    if caller.is_closed():
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody is left to see it
+        return
+    box = _outboxes.get(caller)
+    if box is None:
+        box = _outboxes.setdefault(caller, _Outbox())
+    box.items.append((job, task))
+    if not box.scheduled:
+        box.scheduled = True
+        try:
+            caller.call_soon_threadsafe(box.drain)
+        except RuntimeError:  # the caller's loop closed meanwhile
+            box.scheduled = False
+
+
+def _cancel_job(job: _Job) -> None:
+    """On the private loop: the caller went away."""
+    job.cancelled = True
+    if job.task is not None:
+        job.task.cancel()
 
 
 _shared: LoopThread | None = None

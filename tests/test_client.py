@@ -159,3 +159,20 @@ def test_public_names_are_pinned() -> None:
     assert issubclass(llmkit.OverloadedError, llmkit.ProviderError)
     err = llmkit.RateLimitError("slow down", provider="p", status=429, code="rate_limit_exceeded", retry_after=2)
     assert (err.provider, err.status, err.code, err.retryable) == ("p", 429, "rate_limit_exceeded", True)
+
+
+def test_async_callers_on_several_loops_at_once_get_their_own_results(client: llmkit.Client) -> None:
+    """Results cross back to each caller's loop in batches; none may go to the wrong caller."""
+
+    def caller(tag: str) -> list[str]:
+        async def many() -> list[str]:
+            replies = await asyncio.gather(*(client.acompletion("m", [{"role": "user", "content": f"{tag}{i}"}])
+                                             for i in range(200)))
+            return [r.content for r in replies]
+
+        return asyncio.run(many())
+
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(zip("abc", pool.map(caller, "abc"), strict=True))
+    for tag, contents in results.items():
+        assert contents == [f"Mock reply to: {tag}{i}" for i in range(200)]
