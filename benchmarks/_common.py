@@ -172,6 +172,16 @@ def pool_size(httpx_client: Any) -> int | None:
         return None
 
 
+def provider_connections(provider: Any) -> int | None:
+    """Connections an llmkit HTTP provider holds now, over all its pools (None if that is not visible)."""
+    pools = getattr(provider, "_pools", None)
+    if pools:
+        sizes = [pool_size(entry[0]) for entry in pools]
+        return None if None in sizes else sum(s for s in sizes if s is not None)
+    client = getattr(provider, "client_if_any", lambda: None)()
+    return pool_size(client) if client is not None else None
+
+
 # ----------------------------------------------------------------------------------------------
 # results: every benchmark can write its figures (and its goals) as JSON for run_all.py
 

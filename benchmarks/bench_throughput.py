@@ -38,6 +38,7 @@ from _common import (
     machine,
     pool_size,
     print_goals,
+    provider_connections,
     run_litellm,
     sequential,
     table,
@@ -107,7 +108,7 @@ class Bench:
             if mode == "warm":
                 await sequential(call, self.args.warm_seq)
             row = await concurrent(call, level, n, max_seconds or self.args.max_seconds)
-            row["connections"] = pool_size(client.provider("fake").client_if_any())
+            row["connections"] = provider_connections(client.provider("fake"))
         finally:
             await client.aclose()
         return row
