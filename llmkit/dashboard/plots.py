@@ -55,6 +55,13 @@ def _figure(title: str, height: int = 250, y_label: str | None = None, x_range: 
     return fig
 
 
+def _style_legend(fig: Any) -> None:
+    """Legends in the top left, small, and clickable to hide a series."""
+    fig.legend.location = "top_left"
+    fig.legend.click_policy = "hide"
+    fig.legend.label_text_font_size = "11px"
+
+
 class _Plot(Viewer):
     """A bokeh figure fed from one of the store's rolling buffers."""
 
@@ -107,9 +114,7 @@ class CostPlot(_Plot):
         fig.add_tools(HoverTool(tooltips=[("time", "@time{%H:%M:%S}"), *[
             (name, f"@c{i}{{$0.000000}}") for i, name in enumerate(self.store.providers)]],
             formatters={"@time": "datetime"}, mode="vline"))
-        fig.legend.location = "top_left"
-        fig.legend.click_policy = "hide"
-        fig.legend.label_text_font_size = "11px"
+        _style_legend(fig)
         return fig
 
 
@@ -132,9 +137,7 @@ class LatencyPlot(_Plot):
             fig.scatter("time", f"p50_{i}", source=self.source, color=color, size=3)
             fig.line("time", f"p95_{i}", source=self.source, color=color, line_width=1.5, line_dash="dashed",
                      alpha=0.8)
-        fig.legend.location = "top_left"
-        fig.legend.click_policy = "hide"
-        fig.legend.label_text_font_size = "11px"
+        _style_legend(fig)
         return fig
 
 
@@ -155,9 +158,7 @@ class TrafficPlot(_Plot):
         fig.line("time", "retries", source=self.source, color="#9467bd", line_width=1.5, legend_label="retries/s")
         fig.line("time", "wps", source=self.source, color="#ff7f0e", line_width=1.5, line_dash="dashed",
                  legend_label="rate-limit waits/s")
-        fig.legend.location = "top_left"
-        fig.legend.click_policy = "hide"
-        fig.legend.label_text_font_size = "11px"
+        _style_legend(fig)
         return fig
 
 
