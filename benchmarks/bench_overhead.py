@@ -6,7 +6,7 @@ same body with the same headers to the same fast fake OpenAI server (a separate 
 a time, measured side by side in rounds so drift hits every variant alike. Overhead = p50 - raw p50.
 LiteLLM's Router joins when ``benchmarks/.venv-litellm`` exists (run in its own process, same server).
 
-    python benchmarks/bench_overhead.py            # ~1 minute
+    python benchmarks/bench_overhead.py            # ~2 minutes
     python benchmarks/bench_overhead.py --quick    # CI smoke run, a few seconds
 """
 

@@ -6,7 +6,7 @@ in: ``acompletion`` gathered in batches from the caller's event loop, ``completi
 ``get_result`` from a thread, and sequential ``completion``. A diagnostic row runs the pipeline on
 llmkit's own loop (no thread hop) to show what the hop costs. Goal: 10,000 requests/s.
 
-    python benchmarks/bench_pipeline.py             # ~20 s
+    python benchmarks/bench_pipeline.py             # ~40 s
     python benchmarks/bench_pipeline.py --quick     # CI smoke run
     python benchmarks/bench_pipeline.py --profile   # + cProfile of the loop thread: top functions
 """

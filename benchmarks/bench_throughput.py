@@ -11,7 +11,7 @@ order: the main rows use the project default and ``--max-concurrency``; a sweep 
 the cap's effect on the zero-latency server and on a server that takes ``--latency`` per answer
 (where a small cap bounds throughput at cap / latency).
 
-    python benchmarks/bench_throughput.py            # about 8 minutes
+    python benchmarks/bench_throughput.py            # about 10 minutes
     python benchmarks/bench_throughput.py --quick    # CI smoke run, well under a minute
 """
 

@@ -1,6 +1,6 @@
 """Run every llmkit-vs-baseline benchmark, one fresh process each, then print the goals table.
 
-    python benchmarks/run_all.py                    # the full runs (~10 minutes)
+    python benchmarks/run_all.py                    # the full runs (~15 minutes)
     python benchmarks/run_all.py --quick            # CI smoke runs (about a minute)
     python benchmarks/run_all.py --update-readme    # also rewrite the figures table in benchmarks/README.md
 
