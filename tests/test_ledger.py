@@ -201,11 +201,30 @@ def test_columns_are_consistent_while_another_thread_appends() -> None:
     assert len(ledger) == n and snapshots > 1
 
 
-async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+async def test_idle_writer_means_inline_commits(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite3")
-    await asyncio.gather(*(ledger.append(rec(i)) for i in range(2000)))
     writer = ledger._writer
-    assert writer is not None and 0 < writer.commits < 2000
+    assert writer is not None
+    for i in range(5):
+        writer.last_inline = -1.0  # as if the last inline commit were long ago (calls spaced out)
+        await ledger.append(rec(i))
+    assert writer.inline_commits == 5 and writer.commits == 0
+    await asyncio.gather(*(ledger.append(rec(i)) for i in range(5, 105)))  # a burst: group-committed
+    assert writer.inline_commits <= 6 and writer.commits >= 1
+    ledger.close()
+    with Ledger(tmp_path / "l.sqlite3") as reopened:
+        assert len(reopened.request_ids()) == 105
+
+
+async def test_concurrent_appends_share_commits_when_the_writer_is_busy(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    writer = ledger._writer
+    assert writer is not None
+    with writer.db_lock:  # the writer (or another user of the file) is busy: nothing commits inline
+        tasks = [asyncio.ensure_future(ledger.append(rec(i))) for i in range(2000)]
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert writer.inline_commits == 0 and 0 < writer.commits < 2000
     ledger.close()
     with Ledger(tmp_path / "l.sqlite3") as reopened:
         assert len(reopened.request_ids()) == 2000
@@ -214,9 +233,12 @@ async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
 async def test_cancelled_append_is_still_committed(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
     ledger = Ledger(path)
-    task = asyncio.create_task(ledger.append(rec(1)))
-    await asyncio.sleep(0)  # let it reach its await (not a wait for time)
-    task.cancel()
+    writer = ledger._writer
+    assert writer is not None
+    with writer.db_lock:  # keep the record queued for the writer thread
+        task = asyncio.create_task(ledger.append(rec(1)))
+        await asyncio.sleep(0)  # let it reach its await (not a wait for time)
+        task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     ledger.close()  # flushes the queue
@@ -273,3 +295,24 @@ def test_records_survive_sigkill(tmp_path: Path) -> None:
         assert set(printed) <= stored
         assert len(stored) >= len(printed) >= 300
         assert ledger.total_cost_usd() == pytest.approx(0.5 * len(stored))
+
+
+async def test_a_file_locked_by_another_process_never_blocks_the_caller(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    writer = ledger._writer
+    assert writer is not None
+    other = sqlite3.connect(path, isolation_level=None)  # another notebook's client, mid-write
+    other.execute("BEGIN IMMEDIATE")
+    task = asyncio.ensure_future(ledger.append(rec(7)))
+    await asyncio.sleep(0)  # the inline attempt gave up at once; the writer thread waits for the lock
+    assert not task.done() and writer.inline_commits == 0
+    other.execute("COMMIT")
+    other.close()
+    await task
+    assert writer.commits == 1
+    ledger.close()
+    with Ledger(path) as reopened:
+        assert reopened.request_ids() == ["req-7"]
