@@ -144,9 +144,6 @@ class Breaker:
         if _NAMES[self._cb.current_state] == "closed":
             self.report(error or ProviderConnectionError("health check failed", provider=self.provider))
 
-    def force_open(self) -> None:
-        self._cb.open()
-
     def _transitioned(self, old: State | None, new: State) -> None:
         self.transitions.append((self._clock(), old, new))
         if self._events is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
 from ._loop import LoopFactory, LoopThread, shared_loop
+from ._secrets import logger
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import Request, Response
 from ._validate import build_request
@@ -55,7 +56,6 @@ class _Results:
                 if self._futures[rid].done():
                     del self._futures[rid]
                     self._finished -= 1
-                    from ._secrets import logger
                     logger.warning("dropped the unfetched result of %s (more than %d kept)", rid, self.limit)
 
     def get(self, request_id: str) -> concurrent.futures.Future[Response]:
@@ -70,10 +70,6 @@ class _Results:
             future = self._futures.pop(request_id, None)
             if future is not None and future.done():
                 self._finished -= 1
-
-    def pending(self) -> int:
-        with self._lock:
-            return sum(1 for f in self._futures.values() if not f.done())
 
 
 class Client:

@@ -150,9 +150,6 @@ class LoopThread:
         if waiter.cancelled() and loop is not None:
             loop.call_soon_threadsafe(_cancel_job, job)
 
-    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(fn, *args)
-
     def stop(self) -> None:
         """Stop the loop and join its thread (used by tests and at interpreter exit)."""
         with self._lock:

@@ -305,9 +305,13 @@ class _Cancelled(Exception):
 _Cancelled.__name__ = "Cancelled"
 
 
+#: Output tokens assumed for a request without ``max_tokens`` (rate limits and budgets estimate with it).
+DEFAULT_OUTPUT_ESTIMATE = 256
+
+
 def request_tokens(request: Request) -> int:
     """Tokens a request may use, for the tokens-per-minute limit: prompt estimate plus max output."""
-    return prompt_tokens(request) + (request.max_tokens or 256)
+    return prompt_tokens(request) + (request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
 
 
 def _as_provider_error(exc: BaseException, slot: Slot, request: Request) -> BaseException:

@@ -23,11 +23,11 @@ from ._events import EventLog
 from ._health import HealthMonitor
 from ._ledger import Ledger, LedgerRecord
 from ._pricing import Pricer
-from ._router import Router, Sleep, Slot, request_tokens
+from ._router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk
 from .providers import create_provider
-from .providers.base import estimate_usage
+from .providers.base import estimate_usage, prompt_tokens
 
 
 class Service:
@@ -101,7 +101,7 @@ class Service:
         try:
             token = self._reserve(request)
             loop = asyncio.get_running_loop()
-            total = request.timeout if request.timeout is not None else self.config.timeout
+            total = self._timeout(request)
             hard = loop.time() + total if total is not None else math.inf
             slot, first, agen = await self._deadline(
                 request, t0, attempts, self.router.open_stream(request, attempts, self._deadline_at(request, t0)))
@@ -146,7 +146,7 @@ class Service:
             except TimeoutError:
                 if hard - loop.time() <= 0 or wait < slot.config.timeout:
                     raise RequestTimeoutError(
-                        f"request {request.id} passed its {request.timeout or self.config.timeout:g}s deadline "
+                        f"request {request.id} passed its {self._timeout(request):g}s deadline "
                         "while streaming") from None
                 err = ProviderTimeoutError(f"stream stalled for {slot.config.timeout:g}s", provider=slot.name)
                 slot.breaker.report(err)
@@ -158,13 +158,17 @@ class Service:
 
     # -- pieces --------------------------------------------------------------------------------
 
+    def _timeout(self, request: Request) -> float | None:
+        """The request's overall timeout: its own, else the client's (None: no deadline)."""
+        return request.timeout if request.timeout is not None else self.config.timeout
+
     def _deadline_at(self, request: Request, t0: float) -> float:
-        timeout = request.timeout if request.timeout is not None else self.config.timeout
+        timeout = self._timeout(request)
         return t0 + timeout if timeout is not None else math.inf
 
     async def _deadline(self, request: Request, t0: float, attempts: list[Attempt], work: Any) -> Any:
         """Bound ``work`` by the request's overall timeout (on the loop's own clock)."""
-        timeout = request.timeout if request.timeout is not None else self.config.timeout
+        timeout = self._timeout(request)
         try:
             async with asyncio.timeout(timeout):
                 return await work
@@ -178,8 +182,7 @@ class Service:
             return None
         slot, model = self.router.candidates(request.model, request.provider)[0]
         estimate = self.pricer.estimate(slot.name, slot.provider.price_provider_id, model,
-                                        request_tokens(request) - (request.max_tokens or 256),
-                                        request.max_tokens or 256)
+                                        prompt_tokens(request), request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
         return self.budget.reserve(None if estimate is None else float(estimate))
 
     def _finish_response(self, request: Request, response: Response, attempts: list[Attempt], t0: float) -> None:
