@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import llmkit
-from llmkit._ledger import LedgerRecord
+from llmkit.ledger.store import LedgerRecord
 
 TARGET_MS = 50.0
 PROVIDERS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-20241022"), ("local", "llama3.2"),

@@ -14,8 +14,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from llmkit._ledger import Ledger, LedgerRecord
 from llmkit._types import new_request_id
+from llmkit.ledger.store import Ledger, LedgerRecord
 
 PROVIDERS = [("openai", "gpt-4o-2024-08-06", "gpt-4o"), ("anthropic", "claude-3-5-sonnet-20241022", "gpt-4o"),
              ("local", "llama3", "llama3")]

@@ -16,18 +16,18 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
-from ._budget import Budget
 from ._config import ClientConfig
 from ._errors import ProviderTimeoutError, RequestTimeoutError
 from ._events import EventLog
-from ._health import HealthMonitor
-from ._ledger import Ledger, LedgerRecord
-from ._pricing import Pricer
-from ._router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk
+from .ledger.pricing import Pricer
+from .ledger.store import Ledger, LedgerRecord
 from .providers import create_provider
 from .providers.base import estimate_usage, prompt_tokens
+from .routing.budget import Budget
+from .routing.health import HealthMonitor
+from .routing.router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
 
 
 class Service:

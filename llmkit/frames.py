@@ -24,7 +24,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from ._events import Event
-    from ._ledger import Ledger
+    from .ledger.store import Ledger
 
 __all__ = ["cost_summary_frame", "events_frame", "health_frame", "latency_frame", "usage_frame"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from llmkit import BudgetExceededError, ConfigError
-from llmkit._budget import Budget, period_start
-from llmkit._ledger import Ledger, LedgerRecord
+from llmkit.ledger.store import Ledger, LedgerRecord
+from llmkit.routing.budget import Budget, period_start
 
 _n = 0
 

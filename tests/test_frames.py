@@ -16,9 +16,9 @@ import pytest
 from llmkit import frames
 from llmkit._config import ProviderConfig
 from llmkit._events import EventLog
-from llmkit._health import HealthMonitor
-from llmkit._ledger import Ledger, LedgerRecord
+from llmkit.ledger.store import Ledger, LedgerRecord
 from llmkit.providers.mock import MockProvider
+from llmkit.routing.health import HealthMonitor
 
 T0 = datetime(2025, 3, 1, 23, 59, 50, tzinfo=UTC).timestamp()
 CONTRACT = ["request_id", "time", "provider", "model", "requested_model", "status", "error_type", "input_tokens",
@@ -176,7 +176,8 @@ def test_events_frame() -> None:
 
 
 def test_core_modules_do_not_import_pandas_or_genai_prices() -> None:
-    code = ("import sys, llmkit, llmkit._pricing, llmkit._ledger, llmkit._budget, llmkit._health; "
+    code = ("import sys, llmkit, llmkit.ledger.pricing, llmkit.ledger.store, llmkit.routing.budget, "
+            "llmkit.routing.health; "
             "print(sorted(m for m in ('pandas', 'numpy', 'genai_prices') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

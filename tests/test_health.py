@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from llmkit._breaker import Breaker
 from llmkit._config import BreakerConfig, ProviderConfig
 from llmkit._events import EventLog
-from llmkit._health import MAX_SAMPLES, HealthMonitor, percentile
 from llmkit.providers.mock import MockProvider
+from llmkit.routing.breaker import Breaker
+from llmkit.routing.health import MAX_SAMPLES, HealthMonitor, percentile
 
 
 class FakeClock:

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from llmkit._ledger import FIELDS, Ledger, LedgerRecord
-from llmkit._migrations import MIGRATIONS, applied, m001_requests, migrate
+from llmkit.ledger.migrations import MIGRATIONS, applied, m001_requests, migrate
+from llmkit.ledger.store import FIELDS, Ledger, LedgerRecord
 
 
 def rec(i: int, **kw: Any) -> LedgerRecord:
@@ -249,7 +249,7 @@ async def test_cancelled_append_is_still_committed(tmp_path: Path) -> None:
 CHILD = textwrap.dedent(
     """
     import asyncio, sys
-    from llmkit._ledger import Ledger, LedgerRecord
+    from llmkit.ledger.store import Ledger, LedgerRecord
 
     async def one(ledger, i):
         rid = f"kill-{i}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmkit import Usage
-from llmkit._pricing import Pricer
+from llmkit.ledger.pricing import Pricer
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wire" / "prices_per_mtok.json"
 

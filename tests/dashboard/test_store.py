@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import llmkit
-from llmkit._ledger import LedgerRecord
 from llmkit.dashboard.store import DashboardStore, Rolling, percentile
+from llmkit.ledger.store import LedgerRecord
 from llmkit.testing import FakeOpenAIServer
 
 pytest.importorskip("param")

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 import llmkit
-from llmkit._ledger import LedgerRecord
 from llmkit._loop import VirtualTimeLoop
+from llmkit.ledger.store import LedgerRecord
 from llmkit.testing import FakeAnthropicServer, FakeLLMServer, FakeOpenAIServer
 
 from ..conftest import FakeTime

@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ._migrations import migrate
+from .migrations import migrate
 
 
 @dataclass(slots=True)

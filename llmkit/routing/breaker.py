@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 import pybreaker
 
-from ._config import BreakerConfig
-from ._errors import CircuitOpenError, ProviderConnectionError, counts_against_breaker
-from ._events import EventLog
+from .._config import BreakerConfig
+from .._errors import CircuitOpenError, ProviderConnectionError, counts_against_breaker
+from .._events import EventLog
 
 State = Literal["closed", "open", "half_open"]
 _NAMES: dict[str, State] = {pybreaker.STATE_CLOSED: "closed", pybreaker.STATE_OPEN: "open",

@@ -32,10 +32,10 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import _fakewire as w
-from ._fakebase import FakeLLMServer
-from ._fakehttp import RecordedRequest
-from ._fakeservers import FakeAnthropicServer, FakeOpenAIServer
+from . import wire as w
+from .base import FakeLLMServer
+from .http import RecordedRequest
+from .servers import FakeAnthropicServer, FakeOpenAIServer
 
 __all__ = ["FakeAnthropicServer", "FakeLLMServer", "FakeOpenAIServer", "RecordedRequest", "main", "make_server"]
 
@@ -70,8 +70,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     server.stop()
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-

@@ -9,9 +9,9 @@ import json
 import time
 from typing import Any
 
-from . import _fakewire as w
-from ._fakebase import FakeLLMServer
-from ._fakehttp import Action, RecordedRequest
+from . import wire as w
+from .base import FakeLLMServer
+from .http import Action, RecordedRequest
 
 _MISSING: Any = object()
 

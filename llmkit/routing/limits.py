@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiolimiter import AsyncLimiter
 
-from ._config import RateLimit
+from .._config import RateLimit
 
 _arrivals = itertools.count()
 

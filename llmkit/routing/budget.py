@@ -20,8 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ._errors import BudgetExceededError, ConfigError
-from ._ledger import Ledger
+from .._errors import BudgetExceededError, ConfigError
+from ..ledger.store import Ledger
 
 PERIODS = ("day", "month", "total")
 

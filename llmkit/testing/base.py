@@ -11,8 +11,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-from . import _fakewire as w
-from ._fakehttp import Action, FakeHTTPServer, RecordedRequest, response_head
+from . import wire as w
+from .http import Action, FakeHTTPServer, RecordedRequest, response_head
 
 Reply = str | Callable[[Any], str] | None
 

@@ -20,9 +20,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
-from ._breaker import Breaker
-from ._config import ProviderConfig
-from ._errors import (
+from .._config import ProviderConfig
+from .._errors import (
     AllProvidersFailedError,
     CircuitOpenError,
     LLMError,
@@ -32,11 +31,12 @@ from ._errors import (
     RateLimitError,
     is_fallback_error,
 )
-from ._events import EventLog
-from ._limits import PriorityGate, Throttle
-from ._secrets import logger, redact
-from ._types import Attempt, Request, Response, StreamChunk
-from .providers.base import Provider, prompt_tokens
+from .._events import EventLog
+from .._secrets import logger, redact
+from .._types import Attempt, Request, Response, StreamChunk
+from ..providers.base import Provider, prompt_tokens
+from .breaker import Breaker
+from .limits import PriorityGate, Throttle
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]

@@ -20,7 +20,7 @@ from decimal import Decimal
 from fnmatch import fnmatchcase
 from typing import Any
 
-from ._types import Usage
+from .._types import Usage
 
 _MTOK = Decimal(1_000_000)
 _PRICE_KEYS = frozenset({"input", "output", "cache_read", "cache_write"})

@@ -20,11 +20,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ._breaker import Breaker
-from ._errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
-from ._events import EventLog
-from ._secrets import redact
-from .providers.base import Provider
+from .._errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
+from .._events import EventLog
+from .._secrets import redact
+from ..providers.base import Provider
+from .breaker import Breaker
 
 MAX_SAMPLES = 2048          # latencies kept per provider for the percentiles
 MAX_CHECKS = 4096           # check results kept per provider
