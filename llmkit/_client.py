@@ -21,6 +21,7 @@ from ._secrets import logger
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import Request, Response
 from ._validate import build_request
+from .monitor import Monitor
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -280,6 +281,11 @@ class Client:
             raise KeyError(f"no provider named {name!r}; configured: {sorted(self._service.providers)}") from None
 
     @property
+    def monitor(self) -> Monitor:
+        """The public, read-only view of this client's records, events and health (for dashboards)."""
+        return Monitor(self._service)
+
+    @property
     def providers(self) -> list[str]:
         return [s.name for s in self._service.router.slots]
 
@@ -287,15 +293,11 @@ class Client:
 
     def dashboard(self, **options: Any) -> Any:
         """The live dashboard as a Panel object: shows inline in a notebook."""
-        from .dashboard.app import create_app
-
-        return create_app(self, **options)
+        return _dashboard_app().create_app(self, **options)
 
     def serve_dashboard(self, port: int = 0, address: str = "127.0.0.1", show: bool = False, **options: Any) -> Any:
         """Serve the dashboard from this process; returns a handle with ``.url`` and ``.stop()``."""
-        from .dashboard.app import serve
-
-        return serve(self, port=port, address=address, show=show, **options)
+        return _dashboard_app().serve(self, port=port, address=address, show=show, **options)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -350,3 +352,11 @@ def _as_dict(config: ClientConfig) -> dict[str, Any]:
 
     return {f.name: getattr(config, f.name) for f in fields(config)}
 
+
+def _dashboard_app() -> Any:
+    """The dashboard, loaded on demand. It stands above the client (it reads the client through public
+    names only), so the client names it instead of importing it: no import cycle, and Panel stays out of
+    ``import llmkit``."""
+    import importlib
+
+    return importlib.import_module("llmkit.dashboard.app")

@@ -15,10 +15,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
+from ._adapters import BUILTIN_ADAPTERS
 from ._errors import ConfigError
 from ._secrets import mask, register_secret
 
-BUILTIN_ADAPTERS = ("openai", "anthropic", "openai_compatible", "mock")
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
@@ -223,9 +223,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
         raise where.error("name", "a non-empty provider name", name)
     adapter = raw.get("adapter", "mock")
     if isinstance(adapter, type):
-        from .providers import provider_class
-
-        provider_class(adapter)  # checks it is a Provider subclass
+        pass  # a class: that it is a Provider subclass is checked when the client builds it (ConfigError)
     elif not isinstance(adapter, str) or (adapter not in BUILTIN_ADAPTERS and not _ADAPTER_PATH.match(adapter)):
         raise where.error("adapter", f"one of {list(BUILTIN_ADAPTERS)} or 'package.module:Class'", adapter)
     api_key = raw.get("api_key")

@@ -27,7 +27,7 @@ from .store import DashboardStore
 from .views import CARD_CSS, CostTable, KPIs, ProviderCards, RecentRequests
 
 if TYPE_CHECKING:
-    from .._client import Client
+    from llmkit import Client
 
 __all__ = ["Dashboard", "DashboardHandle", "create_app", "serve"]
 

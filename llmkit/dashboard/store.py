@@ -27,10 +27,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import param
 
-from .._secrets import redact
-
 if TYPE_CHECKING:
-    from .._client import Client
+    from llmkit import Client
 
 T = TypeVar("T")
 STATES = ("closed", "half_open", "open")
@@ -136,12 +134,12 @@ class DashboardStore(param.Parameterized):
         if bucket_s <= 0 or max_points < 1 or max_recent < 1:
             raise ValueError("bucket_s must be positive; max_points and max_recent at least 1")
         self.client = client
-        self._service = client._service
+        self._monitor = client.monitor
         self.bucket_s = float(bucket_s)
         self.max_points = int(max_points)
         self.max_recent = int(max_recent)
         self.show_prompts = client.config.store_prompts if show_prompts is None else bool(show_prompts)
-        self.clock: Callable[[], float] = clock or self._service.wallclock
+        self.clock: Callable[[], float] = clock or self._monitor.now
         self.providers: list[str] = list(client.providers)
         self.timeline: Rolling[dict[str, float]] = Rolling(max_points)   # one row per published bucket
         self.samples: Rolling[dict[str, float]] = Rolling(max_points)    # queue depth and in flight, per refresh
@@ -166,9 +164,9 @@ class DashboardStore(param.Parameterized):
 
     def _refresh(self, now: float) -> None:
         started = time.perf_counter()
-        ledger = self._service.ledger
-        rows = ledger.columns(self._ledger_len) if len(ledger) > self._ledger_len else None
-        events = self._service.events.since(self._event_seq)
+        monitor = self._monitor
+        rows = monitor.records(self._ledger_len) if monitor.record_count() > self._ledger_len else None
+        events = monitor.events_since(self._event_seq)
         if self._next_bucket is None:
             self._start_timeline(now, rows, events)
         totals = {"requests": self.requests, "errors": self.errors, "cost_usd": self.cost_usd,
@@ -180,7 +178,7 @@ class DashboardStore(param.Parameterized):
         if events:
             self._event_seq = events[-1].seq
             self._read_events(events, counters)
-        health = self._service.health.rows()
+        health = monitor.health_rows()
         self._derive_states(health, now)
         self._publish(now)
         depth, in_flight = self.client.queue_depth(), self.client.in_flight()
@@ -269,7 +267,7 @@ class DashboardStore(param.Parameterized):
             "model": rows["model"][i] or rows["requested_model"][i],
             "status": rows["status"][i],
             "error": rows["error_type"][i] or "",
-            "message": redact(rows["error_message"][i] or "")[:160],
+            "message": self._monitor.redact(rows["error_message"][i] or "")[:160],
             "latency_ms": rows["latency_s"][i] * 1000.0,
             "cost_usd": math.nan if cost is None else cost,
             "input_tokens": rows["input_tokens"][i],
@@ -280,7 +278,7 @@ class DashboardStore(param.Parameterized):
             "priority": rows["priority"][i],
         }
         if self.show_prompts:
-            row["prompt"] = redact(rows["prompt"][i] or "")[:300]
+            row["prompt"] = self._monitor.redact(rows["prompt"][i] or "")[:300]
         return row
 
     def _read_events(self, events: list[Any], counters: dict[str, Any]) -> None:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from .._adapters import BUILTIN_ADAPTERS
 from .._errors import ConfigError
 from .base import Provider
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
 
-_BUILTIN = {
-    "openai": "llmkit.providers.openai:OpenAIProvider",
-    "anthropic": "llmkit.providers.anthropic:AnthropicProvider",
-    "openai_compatible": "llmkit.providers.compatible:OpenAICompatibleProvider",
-    "mock": "llmkit.providers.mock:MockProvider",
-}
 
 
 def provider_class(adapter: str | type) -> type[Provider]:
@@ -25,7 +20,7 @@ def provider_class(adapter: str | type) -> type[Provider]:
         if not issubclass(adapter, Provider):
             raise ConfigError(f"adapter {adapter.__name__!r} is not a subclass of llmkit.providers.Provider")
         return adapter
-    target = _BUILTIN.get(adapter, adapter)
+    target = BUILTIN_ADAPTERS.get(adapter, adapter)
     module_name, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)

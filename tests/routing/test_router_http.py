@@ -10,7 +10,7 @@ import pytest
 import llmkit
 from llmkit.testing import FakeAnthropicServer, FakeOpenAIServer
 
-from .conftest import FakeTime
+from ..conftest import FakeTime
 
 MSG = [{"role": "user", "content": "hello"}]
 KEY = "sk-test-routing-key-0123456789"

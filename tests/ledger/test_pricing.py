@@ -11,7 +11,7 @@ import pytest
 from llmkit import Usage
 from llmkit.ledger.pricing import Pricer
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wire" / "prices_per_mtok.json"
+FIXTURE = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "wire" / "prices_per_mtok.json"
 
 # (price id, model as sent, fixture key, expected USD for 1,000 input + 500 output tokens)
 PLAIN = [

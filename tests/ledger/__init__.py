@@ -1,0 +1,1 @@
+"""Tests of llmkit.ledger: store, migrations, pricing."""

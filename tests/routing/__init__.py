@@ -1,0 +1,1 @@
+"""Tests of llmkit.routing: router, limits, breaker, budget, health."""

@@ -1,0 +1,1 @@
+"""Tests of llmkit.testing: the loopback fake providers."""
