@@ -403,7 +403,12 @@ class HTTPProvider(Provider):
         try:
             async with asyncio.timeout(limit):
                 with self._lease() as client:
-                    resp = await client.get(self.url(path), timeout=self._timeout(limit))
+                    resp = await client.send(client.build_request("GET", self.url(path), timeout=self._timeout(limit)),
+                                             stream=True)
+                    try:
+                        await self._read_bounded(resp)
+                    finally:
+                        await resp.aclose()
         except TimeoutError:
             raise ProviderTimeoutError(f"no answer within {limit:g}s", provider=self.name) from None
         except httpx.HTTPError as exc:
@@ -429,7 +434,8 @@ class HTTPProvider(Provider):
                 if state is not None:
                     state["response"] = resp
                 if not resp.is_success:
-                    text = (await resp.aread()).decode("utf-8", "replace")
+                    await self._read_bounded(resp)
+                    text = resp.content.decode("utf-8", "replace")
                     raise self._status_error(resp, text)
                 decoder = SSEDecoder()
                 seen, cap = 0, self.config.max_response_bytes

@@ -201,6 +201,16 @@ async def test_oversized_body_fails_with_a_clear_error(adapter: str, declared: b
 
 
 @pytest.mark.parametrize("adapter", ["openai", "anthropic"])
+async def test_oversized_error_body_of_a_stream_is_bounded(adapter: str, provider_for: Any) -> None:
+    model = STREAMS[adapter][0]
+    body = json.dumps({"error": {"message": "x" * 100_000}}).encode()
+    async with RawServer({"content-type": "application/json"}, body, status=500) as server:
+        provider = provider_for(adapter, server.url, max_response_bytes=4096)
+        with pytest.raises(ProviderError, match="4096 bytes"):
+            await collect(provider, req(model))
+
+
+@pytest.mark.parametrize("adapter", ["openai", "anthropic"])
 async def test_oversized_compressed_body_is_bounded_after_decoding(adapter: str, provider_for: Any) -> None:
     model = STREAMS[adapter][0]
     body = gzip.compress(json.dumps({"padding": "x" * 1_000_000}).encode())  # ~1 KB on the wire
