@@ -71,6 +71,7 @@ class ProviderConfig:
     max_concurrency: int = 32
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    max_response_bytes: int = 32 * 1024 * 1024  # a body or stream beyond this fails (decoded bytes)
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
@@ -267,6 +268,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
         raise where.error("breaker", "a table {fail_max, reset_timeout}", breaker_raw)
     pricing = _parse_pricing(raw.get("pricing") or {}, where)
     max_conc = _positive_int(raw.get("max_concurrency", 32), where, "max_concurrency")
+    max_bytes = _positive_int(raw.get("max_response_bytes", 32 * 1024 * 1024), where, "max_response_bytes")
     headers = raw.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):
         raise where.error("headers", "a table of header name -> string value")
@@ -278,6 +280,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
         models=tuple(models), priority=priority, rate_limit=rate_limit, tokens_per_minute=tpm,
         max_retries=max_retries, timeout=timeout, breaker=breaker, pricing=pricing,
         max_concurrency=max_conc, headers=dict(headers), options=dict(options),
+        max_response_bytes=max_bytes,
     )
 
 

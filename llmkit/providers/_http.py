@@ -385,7 +385,12 @@ class HTTPProvider(Provider):
         try:
             async with asyncio.timeout(limit):
                 with self._lease() as client:
-                    resp = await client.post(self.url(path), json=body, timeout=self._timeout(timeout))
+                    request = client.build_request("POST", self.url(path), json=body, timeout=self._timeout(timeout))
+                    resp = await client.send(request, stream=True)
+                    try:
+                        await self._read_bounded(resp)
+                    finally:
+                        await resp.aclose()
         except TimeoutError:
             raise ProviderTimeoutError(f"no complete answer within {limit:g}s", provider=self.name) from None
         except httpx.HTTPError as exc:
@@ -398,7 +403,12 @@ class HTTPProvider(Provider):
         try:
             async with asyncio.timeout(limit):
                 with self._lease() as client:
-                    resp = await client.get(self.url(path), timeout=self._timeout(limit))
+                    resp = await client.send(client.build_request("GET", self.url(path), timeout=self._timeout(limit)),
+                                             stream=True)
+                    try:
+                        await self._read_bounded(resp)
+                    finally:
+                        await resp.aclose()
         except TimeoutError:
             raise ProviderTimeoutError(f"no answer within {limit:g}s", provider=self.name) from None
         except httpx.HTTPError as exc:
@@ -424,14 +434,21 @@ class HTTPProvider(Provider):
                 if state is not None:
                     state["response"] = resp
                 if not resp.is_success:
-                    text = (await resp.aread()).decode("utf-8", "replace")
+                    await self._read_bounded(resp)
+                    text = resp.content.decode("utf-8", "replace")
                     raise self._status_error(resp, text)
                 decoder = SSEDecoder()
-                async for chunk in resp.aiter_raw():
+                seen, cap = 0, self.config.max_response_bytes
+                async for chunk in resp.aiter_bytes():  # decoded: gzip/deflate/br streams arrive readable
+                    seen += len(chunk)
+                    if seen > cap:
+                        raise self._too_large(resp, cap)
                     for event in decoder.feed(chunk):
-                        yield event
+                        if event.data.strip():  # an empty ``data:`` line is a keep-alive, not an event
+                            yield event
                 for event in decoder.flush():
-                    yield event
+                    if event.data.strip():
+                        yield event
             except TimeoutError:
                 raise ProviderTimeoutError(f"no answer within {limit:g}s", provider=self.name) from None
             except httpx.HTTPError as exc:
@@ -439,6 +456,26 @@ class HTTPProvider(Provider):
             finally:
                 if resp is not None:
                     await resp.aclose()
+
+    async def _read_bounded(self, resp: httpx.Response) -> None:
+        """Read the body of ``resp`` (decoded) into ``resp.content``, failing past ``max_response_bytes``."""
+        cap = self.config.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and "content-encoding" not in resp.headers and int(declared) > cap:
+            raise self._too_large(resp, cap)
+        parts, seen = [], 0
+        async for part in resp.aiter_bytes():
+            seen += len(part)
+            if seen > cap:
+                raise self._too_large(resp, cap)
+            parts.append(part)
+        resp._content = b"".join(parts)  # what ``resp.content``/``resp.text`` return from now on
+
+    def _too_large(self, resp: httpx.Response, cap: int) -> ProviderError:
+        return ProviderError(
+            f"response larger than max_response_bytes ({cap} bytes): refused instead of read into memory",
+            provider=self.name, status=resp.status_code, code="response_too_large", retryable=False,
+            request_id=resp.headers.get(self.request_id_header))
 
     # -- answers to errors -----------------------------------------------------------------------
 

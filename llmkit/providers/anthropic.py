@@ -251,6 +251,8 @@ class AnthropicProvider(HTTPProvider):
                 try:
                     data = json.loads(event.data)
                 except ValueError:
+                    if event.event not in _MESSAGE_EVENTS:
+                        continue  # a ping or an event this adapter does not know: skip it
                     raise e.ProviderConnectionError(f"malformed stream event: {event.data[:200]!r}",
                                                     provider=self.name) from None
                 if not isinstance(data, dict):
@@ -275,6 +277,11 @@ class AnthropicProvider(HTTPProvider):
     async def health_check(self) -> None:
         self._check_key()
         await self._get("/v1/models?limit=1")
+
+
+#: The Messages stream events whose payload must parse; others (``ping``, new kinds) may be skipped.
+_MESSAGE_EVENTS = frozenset({None, "message_start", "content_block_start", "content_block_delta",
+                             "content_block_stop", "message_delta", "message_stop", "error"})
 
 
 def _tool_call(call_id: Any, name: Any, arguments: str) -> dict[str, Any]:

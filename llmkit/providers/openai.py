@@ -203,6 +203,8 @@ class OpenAIProvider(HTTPProvider):
                 try:
                     chunk = json.loads(event.data)
                 except ValueError:
+                    if event.event is not None:
+                        continue  # a named event chat streams don't define (a keep-alive): not ours
                     raise e.ProviderConnectionError(f"malformed stream chunk: {event.data[:200]!r}",
                                                     provider=self.name) from None
                 if not isinstance(chunk, dict):
