@@ -1,4 +1,5 @@
-"""Checking a call's arguments before anything is sent, and building the ``Request``."""
+"""Checking a call's arguments before anything is sent, and building the ``Request``; and checking the
+token counts a server sends back (``sane_usage``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._errors import InvalidRequestError
-from ._types import ROLES, Request
+from ._types import ROLES, Request, Usage
 
 _KNOWN = {"model", "messages", "temperature", "max_tokens", "timeout", "priority", "metadata", "provider"}
 
@@ -100,3 +101,25 @@ def encodable(name: str, value: Any) -> bytes:
         raise InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)") from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequestError(f"{name}: expected JSON-serialisable values ({exc})") from None
+
+
+#: The largest token count believed: above it (or below 0) a server's count is clamped and flagged.
+MAX_TOKENS = 2**53
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def sane_usage(usage: Usage) -> Usage:
+    """Clamp each count into ``0..MAX_TOKENS`` (non-integers count as 0) and set ``suspect`` if any moved.
+
+    A broken server must never make a negative cost, overflow a ledger column or break the frames.
+    """
+    suspect = usage.suspect
+    for name in _COUNTS:
+        value = getattr(usage, name)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        fixed = min(max(value, 0), MAX_TOKENS) if ok else 0
+        if not ok or fixed != value:
+            setattr(usage, name, fixed)
+            suspect = True
+    usage.suspect = suspect
+    return usage

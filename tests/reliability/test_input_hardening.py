@@ -114,3 +114,40 @@ def test_budget_refusals_leave_the_breaker_closed() -> None:
         breaker = client._service.router.by_name["primary"].breaker
         assert (breaker.state, breaker.fail_count) == ("closed", 0)
         assert _chat_requests(server) == []
+
+
+# -- item 8: token counts from a server ------------------------------------------------------------
+
+ODD_USAGE = [
+    ("negative", {"prompt_tokens": -500, "completion_tokens": -7, "total_tokens": -507}),
+    ("absurd", {"prompt_tokens": 10**30, "completion_tokens": 2**60, "total_tokens": 10**30 + 2**60}),
+    ("mixed", {"prompt_tokens": 12, "completion_tokens": -3, "total_tokens": 9}),
+]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("label,usage", ODD_USAGE, ids=[u[0] for u in ODD_USAGE])
+def test_odd_token_counts_from_a_server_are_clamped_and_flagged(label: str, usage: dict[str, Any]) -> None:
+    pricing = {"gpt-4o": {"input": 2.5, "output": 10.0}}
+    with FakeOpenAIServer() as server, llmkit.Client(providers=[_openai(server, pricing=pricing)],
+                                                     ledger=":memory:") as client:
+        server.enqueue("odd", usage=usage)
+        reply = client.completion(model="gpt-4o", messages=MSG)
+        u = reply.usage
+        assert u.suspect is True
+        for count in (u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens):
+            assert 0 <= count <= 2**53
+        assert reply.cost_usd is not None and reply.cost_usd >= 0
+        client.completion(model="gpt-4o", messages=MSG)  # a normal one next to it
+        frame = client.usage()
+        assert len(frame) == 2 and (frame["cost_usd"] >= 0).all()
+        assert (frame["input_tokens"] >= 0).all() and (frame["output_tokens"] >= 0).all()
+        summary = client.cost_summary()
+        assert (summary["cost_usd"] >= 0).all()
+
+
+def test_plausible_token_counts_are_not_flagged() -> None:
+    with FakeOpenAIServer() as server, llmkit.Client(providers=[_openai(server)], ledger=":memory:") as client:
+        server.enqueue("fine", usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+        u = client.completion(model="gpt-4o", messages=MSG).usage
+        assert (u.input_tokens, u.output_tokens, u.suspect) == (3, 2, False)
