@@ -151,3 +151,41 @@ def test_plausible_token_counts_are_not_flagged() -> None:
         server.enqueue("fine", usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
         u = client.completion(model="gpt-4o", messages=MSG).usage
         assert (u.input_tokens, u.output_tokens, u.suspect) == (3, 2, False)
+
+
+# -- item 20: an api_key with surrounding whitespace ------------------------------------------------
+
+PADDED = [f"  {KEY}", f"{KEY}\n", f"\t{KEY}\r\n", f" {KEY} "]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("padded", PADDED, ids=["leading", "newline", "tab-crlf", "both"])
+def test_api_key_with_whitespace_is_stripped_before_sending(padded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = "LLMKIT_TEST_PADDED_KEY"
+    monkeypatch.setenv(env, padded)
+    with FakeOpenAIServer(api_key=KEY) as server:
+        direct = {**_openai(server), "api_key": padded}
+        from_env = {**_openai(server), "name": "env", "api_key": None, "api_key_env": env, "priority": 1}
+        with llmkit.Client(providers=[direct, from_env], ledger=":memory:") as client:
+            for name in ("primary", "env"):
+                reply = client.completion(model="gpt-4o", messages=MSG, provider=name)
+                assert [a.outcome for a in reply.attempts] == ["ok"]  # sent once, not retried as a connection error
+            assert padded not in repr(client.provider("primary").config)
+        sent = [r.headers.get("authorization") for r in _chat_requests(server)]
+        assert sent == [f"Bearer {KEY}", f"Bearer {KEY}"]
+
+
+# -- item 19: a base_url with a query string ----------------------------------------------------------
+
+@pytest.mark.timeout(30)
+def test_base_url_query_string_is_kept_on_every_request() -> None:
+    with FakeOpenAIServer() as server:
+        provider = {**_openai(server), "base_url": f"{server.url}?api-version=2024-06-01&tenant=a%20b"}
+        with llmkit.Client(providers=[provider], ledger=":memory:") as client:
+            client.completion(model="gpt-4o", messages=MSG)
+            assert "".join(c.text for c in client.stream(model="gpt-4o", messages=MSG))
+            client.check_health("primary")
+        assert len(server.requests) >= 3
+        for recorded in server.requests:
+            assert recorded.path.startswith("/v1/"), recorded.path
+            assert "api-version=2024-06-01" in recorded.query and "tenant=a%20b" in recorded.query, recorded
