@@ -47,6 +47,8 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     if clash:
         raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
     for key, value in extra.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not _is_int64(value):
+            raise InvalidRequestError(f"{key}: expected a 64-bit integer, got {value!r}")
         encodable(str(key), value)
     return Request(model=model, messages=checked, temperature=None if temperature is None else float(temperature),
                    max_tokens=max_tokens, timeout=None if timeout is None else float(timeout), priority=priority,

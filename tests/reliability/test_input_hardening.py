@@ -58,6 +58,7 @@ def test_metadata_that_cannot_be_encoded_is_rejected_before_sending(label: str, 
 BAD_INTS = [
     ("priority", INT64), ("priority", -INT64 - 1), ("priority", True), ("priority", 1.0), ("priority", "1"),
     ("max_tokens", INT64), ("max_tokens", True), ("max_tokens", 10.0), ("max_tokens", "10"), ("max_tokens", 0),
+    ("seed", INT64), ("seed", -INT64 - 1),  # an extra argument sent to the provider as is
 ]
 
 
