@@ -75,6 +75,9 @@ class ProviderConfig:
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
+        if isinstance(self.api_key, str) and self.api_key != self.api_key.strip():
+            object.__setattr__(self, "api_key", self.api_key.strip())  # a pasted key's newline: never send it
+            register_secret(self.api_key)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -90,6 +93,9 @@ class ProviderConfig:
         env = self.api_key_env or DEFAULT_KEY_ENV.get(self.adapter)
         key = os.environ.get(env) if env else None
         register_secret(key)
+        if key is not None and key != key.strip():
+            key = key.strip()  # `export KEY="$(cat key.txt)"` keeps the newline
+            register_secret(key)
         return key
 
     def serves(self, model: str) -> bool:
@@ -231,6 +237,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     if api_key is not None and not isinstance(api_key, str):
         raise where.error("api_key", "a string", "<not shown>")
     register_secret(api_key)
+    api_key = api_key.strip() if api_key is not None else None
     api_key_env = raw.get("api_key_env")
     if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
         raise where.error("api_key_env", "the name of an environment variable", api_key_env)

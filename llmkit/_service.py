@@ -21,6 +21,7 @@ from ._errors import ProviderTimeoutError, RequestTimeoutError
 from ._events import EventLog
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk
+from ._validate import sane_usage
 from .ledger.pricing import Pricer
 from .ledger.store import Ledger, LedgerRecord
 from .providers import create_provider
@@ -190,6 +191,8 @@ class Service:
         response.attempts = attempts
         response.latency_s = self.clock() - t0
         response.requested_model = request.model
+        if sane_usage(response.usage).suspect:
+            logger.warning("provider %s sent implausible token counts; clamped (usage.suspect)", response.provider)
         slot = self.router.by_name.get(response.provider)
         price_id = slot.provider.price_provider_id if slot is not None else None
         cost: Decimal | None = self.pricer.cost(response.provider, price_id, response.model, response.usage)

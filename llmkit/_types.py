@@ -29,7 +29,8 @@ class Usage:
     ``input_tokens`` counts *all* prompt tokens, cached reads and cache writes included
     (OpenAI's ``prompt_tokens`` already does; adapters add Anthropic's cache fields in).
     ``output_tokens`` includes reasoning tokens. ``estimated`` is True when the server sent
-    no usage and the counts were estimated from text length.
+    no usage and the counts were estimated from text length. ``suspect`` is True when the server sent
+    a count that cannot be real (negative, not an integer, or above 2**53) and it was clamped.
     """
 
     input_tokens: int = 0
@@ -38,6 +39,7 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    suspect: bool = False
 
     @property
     def total_tokens(self) -> int:

@@ -1,4 +1,5 @@
-"""Checking a call's arguments before anything is sent, and building the ``Request``."""
+"""Checking a call's arguments before anything is sent, and building the ``Request``; and checking the
+token counts a server sends back (``sane_usage``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._errors import InvalidRequestError
-from ._types import ROLES, Request
+from ._types import ROLES, Request, Usage
 
 _KNOWN = {"model", "messages", "temperature", "max_tokens", "timeout", "priority", "metadata", "provider"}
 
@@ -25,22 +26,18 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
         or not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0
     ):
         raise InvalidRequestError(f"temperature: expected a number from 0 to 2, got {temperature!r}")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)
-                                   or max_tokens < 1):
-        raise InvalidRequestError(f"max_tokens: expected a positive integer, got {max_tokens!r}")
+    if max_tokens is not None and (not _is_int64(max_tokens) or max_tokens < 1):
+        raise InvalidRequestError(f"max_tokens: expected a positive integer below 2**63, got {max_tokens!r}")
     if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                 or not timeout > 0):
         raise InvalidRequestError(f"timeout: expected a positive number of seconds, got {timeout!r}")
-    if not isinstance(priority, int) or isinstance(priority, bool):
-        raise InvalidRequestError(f"priority: expected an integer (lower runs first), got {priority!r}")
+    if not _is_int64(priority):
+        raise InvalidRequestError(f"priority: expected a 64-bit integer (lower runs first), got {priority!r}")
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, Mapping):
         raise InvalidRequestError(f"metadata: expected a dict, got {type(metadata).__name__}")
-    try:
-        json.dumps(metadata)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"metadata: expected JSON-serialisable values ({exc})") from None
+    encodable("metadata", metadata)
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise InvalidRequestError(f"provider: expected a provider name, got {provider!r}")
     extra = dict(extra or {})
@@ -49,6 +46,10 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     clash = set(extra) & ({"stream", "stream_options", "messages", "model"} | _KNOWN)
     if clash:
         raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
+    for key, value in extra.items():
+        if isinstance(value, int) and not isinstance(value, bool) and not _is_int64(value):
+            raise InvalidRequestError(f"{key}: expected a 64-bit integer, got {value!r}")
+        encodable(str(key), value)
     return Request(model=model, messages=checked, temperature=None if temperature is None else float(temperature),
                    max_tokens=max_tokens, timeout=None if timeout is None else float(timeout), priority=priority,
                    metadata=dict(metadata), stream=stream, provider=provider, extra=extra)
@@ -78,5 +79,49 @@ def _messages(messages: Any) -> tuple[dict[str, Any], ...]:
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(f"messages[{i}].content: expected a string (or a list of content parts), "
                                       f"got {type(content).__name__}")
+        encodable(f"messages[{i}]", message)
         out.append(dict(message))
     return tuple(out)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _is_int64(value: Any) -> bool:
+    """An ``int`` (not a bool) that fits a signed 64-bit column and every provider's JSON parser."""
+    return isinstance(value, int) and not isinstance(value, bool) and _INT64_MIN <= value <= _INT64_MAX
+
+
+def encodable(name: str, value: Any) -> bytes:
+    """``value`` as strict UTF-8 JSON (no NaN, no lone surrogates, no objects), or ``InvalidRequestError``.
+
+    The same bytes the wire and the ledger need, so nothing that passes here fails after it was sent.
+    """
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidRequestError(f"{name}: expected JSON-serialisable values ({exc})") from None
+
+
+#: The largest token count believed: above it (or below 0) a server's count is clamped and flagged.
+MAX_TOKENS = 2**53
+_COUNTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def sane_usage(usage: Usage) -> Usage:
+    """Clamp each count into ``0..MAX_TOKENS`` (non-integers count as 0) and set ``suspect`` if any moved.
+
+    A broken server must never make a negative cost, overflow a ledger column or break the frames.
+    """
+    suspect = usage.suspect
+    for name in _COUNTS:
+        value = getattr(usage, name)
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        fixed = min(max(value, 0), MAX_TOKENS) if ok else 0
+        if not ok or fixed != value:
+            setattr(usage, name, fixed)
+            suspect = True
+    usage.suspect = suspect
+    return usage

@@ -291,7 +291,10 @@ class HTTPProvider(Provider):
         super().__init__(config)
         self.api_key = config.resolved_api_key()
         register_secret(self.api_key)
-        self.base_url = (config.base_url or self.default_base_url).rstrip("/")
+        base, _, query = (config.base_url or self.default_base_url).partition("?")
+        self.base_url = base.rstrip("/")
+        #: ``?api-version=...`` from ``base_url`` (Azure and gateways): kept on every request.
+        self.base_query = query.partition("#")[0]
         self._pools: list[list[Any]] = []
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
@@ -371,7 +374,10 @@ class HTTPProvider(Provider):
                     pass
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+        if self.base_query:
+            url = f"{url}{'&' if '?' in url else '?'}{self.base_query}"
+        return url
 
     # -- requests --------------------------------------------------------------------------------
 
