@@ -303,9 +303,9 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed:
-            from ._errors import LLMError
+            from ._errors import ClientClosedError
 
-            raise LLMError("this client is closed")
+            raise ClientClosedError("this client is closed")
 
     def close(self) -> None:
         """Stop background work, release connections and flush the ledger."""
