@@ -61,6 +61,8 @@ class LoopThread:
                 finally:
                     with contextlib.suppress(Exception):
                         loop.run_until_complete(loop.shutdown_asyncgens())
+                    with contextlib.suppress(Exception):  # join its executor threads (ledger close)
+                        loop.run_until_complete(loop.shutdown_default_executor())
                     loop.close()
 
             thread = threading.Thread(target=run, name=self._name, daemon=True)

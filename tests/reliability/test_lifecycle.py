@@ -213,3 +213,18 @@ def test_dropped_clients_do_not_accumulate_threads(tmp_path: Path) -> None:
         make(i)
     gc.collect()
     assert threading.active_count() <= before
+
+
+@pytest.mark.timeout(20)
+def test_aclose_returns_the_private_loop_thread() -> None:
+    before = threading.active_count()
+
+    async def scenario() -> None:
+        client = llmkit.Client([{"name": "m", "adapter": "mock"}], ledger=None, health_interval=30.0,
+                               loop_factory=asyncio.new_event_loop)
+        await client.acompletion("gpt-4o", MSG)
+        await client.aclose()
+
+    for _ in range(5):
+        asyncio.run(scenario())
+    assert threading.active_count() <= before
