@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -108,6 +109,8 @@ class Client:
         self._loop = LoopThread(loop_factory=loop_factory) if loop_factory else shared_loop()
         self._closed = False
         self._results = _Results(config.max_results)
+        if self._loop is not shared_loop():  # a client dropped unclosed stops its loop thread once collected
+            weakref.finalize(self, self._loop.stop)
         self._service: Service = self._loop.run(self._build(sleep, clock))
 
     async def _build(self, sleep: Any, clock: Any) -> Service:
@@ -303,9 +306,9 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed:
-            from ._errors import LLMError
+            from ._errors import ClientClosedError
 
-            raise LLMError("this client is closed")
+            raise ClientClosedError("this client is closed")
 
     def close(self) -> None:
         """Stop background work, release connections and flush the ledger."""
@@ -321,6 +324,8 @@ class Client:
             return
         self._closed = True
         await self._loop.arun(self._service.aclose())
+        if self._loop is not shared_loop():  # return the private loop's thread, as close() does
+            await asyncio.get_running_loop().run_in_executor(None, self._loop.stop)
 
     def __enter__(self) -> Client:
         return self
@@ -339,12 +344,6 @@ class Client:
         state = "closed" if self._closed else "open"
         return f"<llmkit.Client [{names}] {state}>"
 
-    def __del__(self) -> None:  # best effort: a forgotten client must not keep threads busy
-        try:
-            if not getattr(self, "_closed", True) and self._loop is not shared_loop():
-                self._loop.stop()
-        except Exception:
-            pass
 
 
 def _as_dict(config: ClientConfig) -> dict[str, Any]:

@@ -19,7 +19,8 @@
     ├── NoProviderError (ValueError)         no configured provider serves the model
     ├── AllProvidersFailedError              every candidate failed (.errors)
     ├── BudgetExceededError                  the estimated cost would pass the budget
-    └── RequestTimeoutError (TimeoutError)   the whole request passed its deadline
+    ├── RequestTimeoutError (TimeoutError)   the whole request passed its deadline
+    └── ClientClosedError                    the client was closed before the request finished
 
 Messages are scrubbed of registered secrets when the error is built (see ``_secrets``).
 """
@@ -169,6 +170,10 @@ class BudgetExceededError(LLMError):
 
 class RequestTimeoutError(LLMError, TimeoutError):
     """The request passed its overall deadline (retries, fallbacks and queue waits included)."""
+
+
+class ClientClosedError(LLMError):
+    """The client was closed: a call made after ``close()``, or a request still queued or running then."""
 
 
 # Errors that are the provider's problem: move on to the next candidate.

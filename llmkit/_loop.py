@@ -61,6 +61,8 @@ class LoopThread:
                 finally:
                     with contextlib.suppress(Exception):
                         loop.run_until_complete(loop.shutdown_asyncgens())
+                    with contextlib.suppress(Exception):  # join its executor threads (ledger close)
+                        loop.run_until_complete(loop.shutdown_default_executor())
                     loop.close()
 
             thread = threading.Thread(target=run, name=self._name, daemon=True)
@@ -140,8 +142,8 @@ class LoopThread:
             except IndexError:
                 return
             job.task = loop.create_task(job.coro)
-            if job.cancelled:
-                job.task.cancel()
+            if job.cancelled:  # cancel once it has started, so its own cleanup (the ledger record) runs
+                loop.call_soon(job.task.cancel)
             job.task.add_done_callback(functools.partial(_reply, job))
 
     def _caller_done(self, job: _Job, waiter: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
@@ -238,8 +240,8 @@ def _reply(job: _Job, task: asyncio.Task[Any]) -> None:
 def _cancel_job(job: _Job) -> None:
     """On the private loop: the caller went away."""
     job.cancelled = True
-    if job.task is not None:
-        job.task.cancel()
+    if job.task is not None:  # after its first step (already queued), so a task never dies unstarted
+        job.task.get_loop().call_soon(job.task.cancel)
 
 
 _shared: LoopThread | None = None

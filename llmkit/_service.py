@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._config import ClientConfig
-from ._errors import ProviderTimeoutError, RequestTimeoutError
+from ._errors import ClientClosedError, ProviderTimeoutError, RequestTimeoutError
 from ._events import EventLog
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk
@@ -54,6 +54,8 @@ class Service:
         self.in_flight = 0  # requests started on the loop and not yet finished
         self._submitted = 0  # requests handed over by completion_async that have not started yet
         self._count_lock = threading.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()  # requests running on the loop, ended by aclose()
+        self.closing = False
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -71,18 +73,25 @@ class Service:
         attempts: list[Attempt] = []
         self.in_flight += 1
         token = None
+        task = self._track()
         try:
+            if self.closing:
+                raise asyncio.CancelledError
             token = self._reserve(request)
             response = await self._deadline(request, t0, attempts, self.router.route(request, attempts,
                                                                                        self._deadline_at(request, t0)))
             self._finish_response(request, response, attempts, t0)
         except BaseException as exc:
-            await self._record(request, None, exc, attempts, started, t0)
+            closed = self._closed_error(request, exc)
+            await self._record(request, None, closed or exc, attempts, started, t0)
+            if closed is not None:
+                raise closed from None
             raise
         else:
             await self._record(request, response, None, attempts, started, t0)
             return response
         finally:
+            self._tasks.discard(task)
             self.in_flight -= 1
             if token is not None and self.budget is not None:
                 self.budget.release(token)
@@ -99,7 +108,10 @@ class Service:
         token = None
         response: Response | None = None
         texts: list[str] = []
+        task = self._track()
         try:
+            if self.closing:
+                raise asyncio.CancelledError
             token = self._reserve(request)
             loop = asyncio.get_running_loop()
             total = self._timeout(request)
@@ -117,9 +129,13 @@ class Service:
                                     usage=estimate_usage(request, content), requested_model=request.model)
             self._finish_response(request, response, attempts, t0)
         except BaseException as exc:
-            await self._record(request, None, exc, attempts, started, t0, stream=True)
+            closed = self._closed_error(request, exc)
+            await self._record(request, None, closed or exc, attempts, started, t0, stream=True)
+            if closed is not None:
+                raise closed from None
             raise
         finally:
+            self._tasks.discard(task)
             self.in_flight -= 1
             if token is not None and self.budget is not None:
                 self.budget.release(token)
@@ -158,6 +174,18 @@ class Service:
         return None
 
     # -- pieces --------------------------------------------------------------------------------
+
+    def _track(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        return task
+
+    def _closed_error(self, request: Request, exc: BaseException) -> ClientClosedError | None:
+        """A request cut short by ``aclose()`` ends with a ``ClientClosedError`` (recorded as such)."""
+        if self.closing and isinstance(exc, asyncio.CancelledError):
+            return ClientClosedError(f"request {request.id} did not finish: the client was closed")
+        return None
 
     def _timeout(self, request: Request) -> float | None:
         """The request's overall timeout: its own, else the client's (None: no deadline)."""
@@ -262,6 +290,13 @@ class Service:
         self.health.start()
 
     async def aclose(self) -> None:
+        self.closing = True
+        await asyncio.sleep(0)  # requests handed over just before close start (and are tracked) first
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
         await self.health.stop()
         for provider in self.providers.values():
             try:

@@ -2,8 +2,9 @@
 
 One task on the private loop drives the provider's stream into a bounded queue; ``Stream`` (sync) and
 ``AsyncStream`` read it, one hop per chunk. After the last chunk, ``.response`` holds the final
-``Response`` (usage and cost included). Closing early cancels the producer, and the request is
-recorded as cancelled.
+``Response`` (usage and cost included). Closing early, or dropping the stream unclosed (a ``break``
+out of the loop), cancels the producer, which releases its connection and concurrency slot, and the
+request is recorded as cancelled.
 """
 
 from __future__ import annotations
@@ -67,6 +68,16 @@ class _StreamBase:
         if chunk.response is not None:
             self.response = chunk.response
         return chunk
+
+    def __del__(self) -> None:
+        """Dropped without ``close()`` (a ``break`` out of the loop): stop the producer without blocking."""
+        feed = getattr(self, "_feed", None)
+        if feed is None or feed.task.done():
+            return
+        try:
+            feed.task.get_loop().call_soon_threadsafe(feed.task.cancel)
+        except RuntimeError:  # the loop is closed already
+            pass
 
     async def _cancel(self) -> None:
         if self._feed is not None and not self._feed.task.done():

@@ -47,14 +47,16 @@ class PriorityGate:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # we were handed the slot just as we were cancelled: pass it on
-            else:
+            elif entry in self._waiters:  # (release() may have dropped it already)
                 self._waiters.remove(entry)
                 heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
-        if self._waiters:
+        while self._waiters:
             _, _, future = heapq.heappop(self._waiters)
+            if future.done():  # a waiter cancelled but not yet resumed: it is no longer waiting
+                continue
             future.set_result(None)  # the slot moves straight to the next waiter
             return
         self.in_use -= 1
