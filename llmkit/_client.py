@@ -345,7 +345,6 @@ class Client:
         return f"<llmkit.Client [{names}] {state}>"
 
 
-
 def _as_dict(config: ClientConfig) -> dict[str, Any]:
     from dataclasses import fields
 

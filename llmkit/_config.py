@@ -236,8 +236,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     api_key = raw.get("api_key")
     if api_key is not None and not isinstance(api_key, str):
         raise where.error("api_key", "a string", "<not shown>")
-    register_secret(api_key)
-    api_key = api_key.strip() if api_key is not None else None
+    register_secret(api_key)  # as given; ProviderConfig strips it (and registers the stripped key)
     api_key_env = raw.get("api_key_env")
     if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
         raise where.error("api_key_env", "the name of an environment variable", api_key_env)

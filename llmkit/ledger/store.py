@@ -8,7 +8,7 @@ record, request id included. A file-backed ledger also commits every record to S
 one transaction (group commit), so ``await ledger.append(rec)`` never blocks the event loop.
 
 On open, the records already in the file are loaded, so costs and budgets survive a restart.
-The schema changes only through ``_migrations``. Readers on other threads (the dashboard) take
+The schema changes only through ``migrations``. Readers on other threads (the dashboard) take
 consistent snapshots with ``columns()``.
 """
 

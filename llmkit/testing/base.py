@@ -1,6 +1,6 @@
 """The base of the fake LLM servers in ``llmkit.testing``: the reply, the script API (replies, errors,
 faults), rate-limit headers, and the fast path that replays pre-rendered answers. The flavors
-(``_fakeservers``) supply the wire shapes.
+(``servers``) supply the wire shapes.
 """
 
 from __future__ import annotations

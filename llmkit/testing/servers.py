@@ -1,5 +1,5 @@
 """The two fake server flavors of ``llmkit.testing``: OpenAI-style (with the Ollama, vLLM and llama.cpp
-variants) and Anthropic. Public through ``llmkit.testing``; the shapes come from ``_fakewire``.
+variants) and Anthropic. Public through ``llmkit.testing``; the shapes come from ``wire``.
 """
 
 from __future__ import annotations
