@@ -289,6 +289,11 @@ class Client:
         return Monitor(self._service)
 
     @property
+    def session_id(self) -> str:
+        """This client's session: every record it writes carries it (``usage()`` columns ``session_id``)."""
+        return self._service.session_id
+
+    @property
     def providers(self) -> list[str]:
         return [s.name for s in self._service.router.slots]
 

@@ -20,7 +20,7 @@ from ._config import ClientConfig
 from ._errors import ClientClosedError, ProviderTimeoutError, RequestTimeoutError
 from ._events import EventLog
 from ._secrets import logger, redact
-from ._types import Attempt, Request, Response, StreamChunk
+from ._types import Attempt, Request, Response, StreamChunk, new_session_id
 from ._validate import sane_usage
 from .ledger.pricing import Pricer
 from .ledger.store import Ledger, LedgerRecord
@@ -37,6 +37,7 @@ class Service:
     def __init__(self, config: ClientConfig, clock: Callable[[], float], *, sleep: Sleep | None = None,
                  wallclock: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.session_id = new_session_id()
         self.clock = clock
         self.wallclock = wallclock
         self.events = EventLog(config.max_events, wallclock)
@@ -242,6 +243,7 @@ class Service:
                 reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
                 latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
                 priority=request.priority, metadata=request.metadata or None, prompt=self._prompt(request),
+                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect,
             )
         else:
             last = attempts[-1] if attempts else None
@@ -252,7 +254,7 @@ class Service:
                 output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
                 usage_estimated=False, cost_usd=0.0, latency_s=self.clock() - t0, attempts=len(attempts),
                 fallback=len({a.provider for a in attempts}) > 1, stream=stream, priority=request.priority,
-                metadata=request.metadata or None, prompt=self._prompt(request),
+                metadata=request.metadata or None, prompt=self._prompt(request), session_id=self.session_id,
             )
         try:
             await self.ledger.append(record)

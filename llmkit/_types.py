@@ -17,6 +17,14 @@ _ids = itertools.count(1)
 _ID_PREFIX = f"req-{os.getpid():x}-{int(time.time() * 1000) % 0xFFFFFFFF:x}-"
 
 
+def new_session_id() -> str:
+    """A globally unique id for one Client's session (sortable by start time: hex seconds first)."""
+    import os
+    import time
+
+    return f"{int(time.time()):08x}-{os.urandom(6).hex()}"
+
+
 def new_request_id() -> str:
     """A process-unique, sortable-enough request id (cheap: no uuid4 entropy needed)."""
     return f"{_ID_PREFIX}{next(_ids)}"
@@ -129,6 +137,7 @@ class Response:
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     rate_limit: RateLimitInfo | None = field(default=None, repr=False)
     provider_request_id: str | None = field(default=None, repr=False)
+    cached: bool = False  # answered from the response cache (cost_usd is then 0.0)
 
     @property
     def fallback(self) -> bool:

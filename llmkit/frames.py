@@ -56,6 +56,11 @@ USAGE_COLUMNS: dict[str, Any] = {
     "started": UTC_NS,
     "metadata": STR,
     "prompt": STR,
+    "session_id": "category",
+    "kind": "category",
+    "cached": "bool",
+    "cost_saved_usd": "float64",
+    "usage_suspect": "bool",
 }
 
 SUMMARY_COLUMNS: dict[str, Any] = {

@@ -60,6 +60,16 @@ def m002_requests_time_index(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_time ON requests (time)")
 
 
+@migration
+def m003_session_kind_cache_columns(db: sqlite3.Connection) -> None:
+    """Second version: which client made a record, what kind of call, cache hits, suspect usage."""
+    for column in ("session_id TEXT", "kind TEXT NOT NULL DEFAULT 'completion'",
+                   "cached INTEGER NOT NULL DEFAULT 0", "cost_saved_usd REAL NOT NULL DEFAULT 0",
+                   "usage_suspect INTEGER NOT NULL DEFAULT 0"):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column}")
+    db.execute("CREATE INDEX requests_session ON requests (session_id, time)")
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     """Names of the migrations this database has, in the order they ran."""
     _ensure_table(db)

@@ -60,16 +60,21 @@ class LedgerRecord:
     priority: int
     metadata: dict[str, Any] | None
     prompt: str | None = None
+    session_id: str | None = None  # the Client that made it (one per Client; see issue 12)
+    kind: str = "completion"  # "completion" or "embedding"
+    cached: bool = False  # answered from the response cache (cost_usd is 0, cost_saved_usd what it saved)
+    cost_saved_usd: float = 0.0
+    usage_suspect: bool = False  # the server reported absurd token counts (clamped; see Usage.suspect)
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRecord))
-FLOATS = ("time", "started", "cost_usd", "latency_s")  # cost_usd: NaN when unpriced
+FLOATS = ("time", "started", "cost_usd", "latency_s", "cost_saved_usd")  # cost_usd: NaN when unpriced
 INTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
         "attempts", "priority")
-BOOLS = ("usage_estimated", "fallback", "stream")
-CODED = ("provider", "model", "requested_model", "status", "error_type")  # code -1 is None
+BOOLS = ("usage_estimated", "fallback", "stream", "cached", "usage_suspect")
+CODED = ("provider", "model", "requested_model", "status", "error_type", "session_id", "kind")  # code -1 is None
 TEXTS = ("request_id", "error_message", "metadata", "prompt")  # metadata: compact JSON or None
-STATUSES = ("ok", "error")
+STATUSES = ("ok", "error", "cancelled")
 
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
@@ -141,7 +146,7 @@ def _to_row(r: LedgerRecord) -> tuple[Any, ...]:
     if not isinstance(r.request_id, str) or not r.request_id:
         raise TypeError(f"ledger record request_id must be a non-empty str, got {r.request_id!r}")
     if r.status not in STATUSES:
-        raise ValueError(f"ledger record status must be 'ok' or 'error', got {r.status!r}")
+        raise ValueError(f"ledger record status must be one of {STATUSES}, got {r.status!r}")
     cost = None if r.cost_usd is None else float(r.cost_usd)
     if cost is not None and not math.isfinite(cost):
         cost = None
@@ -152,8 +157,14 @@ def _to_row(r: LedgerRecord) -> tuple[Any, ...]:
         int(r.input_tokens), int(r.output_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
         int(r.reasoning_tokens), int(bool(r.usage_estimated)), cost, float(r.latency_s), int(r.attempts),
         int(bool(r.fallback)), int(bool(r.stream)), int(r.priority), _dump_metadata(r.metadata),
-        _opt_str(r.prompt, "prompt"),
+        _opt_str(r.prompt, "prompt"), _opt_str(r.session_id, "session_id"), str(r.kind), int(bool(r.cached)),
+        _finite(r.cost_saved_usd), int(bool(r.usage_suspect)),
     )
+
+
+def _finite(value: Any) -> float:
+    number = float(value or 0.0)
+    return number if math.isfinite(number) else 0.0
 
 
 _BUSY_TIMEOUT_MS = 10_000
@@ -378,18 +389,22 @@ class Ledger:
         """Append one row (in ``FIELDS`` order, as SQLite holds it) to the columns; the caller holds the lock."""
         (request_id, time, started, provider, model, requested_model, status, error_type, error_message,
          input_tokens, output_tokens, cache_read, cache_write, reasoning, usage_estimated, cost_usd, latency_s,
-         attempts, fallback, stream, priority, metadata, prompt) = row
+         attempts, fallback, stream, priority, metadata, prompt, session_id, kind, cached, cost_saved,
+         usage_suspect) = row
         cost = math.nan if cost_usd is None else cost_usd
-        for name, value in (("time", time), ("started", started), ("cost_usd", cost), ("latency_s", latency_s)):
+        for name, value in (("time", time), ("started", started), ("cost_usd", cost), ("latency_s", latency_s),
+                            ("cost_saved_usd", cost_saved)):
             self._floats[name].append(value)
         for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                             ("cache_read_tokens", cache_read), ("cache_write_tokens", cache_write),
                             ("reasoning_tokens", reasoning), ("attempts", attempts), ("priority", priority)):
             self._ints[name].append(value)
-        for name, value in (("usage_estimated", usage_estimated), ("fallback", fallback), ("stream", stream)):
+        for name, value in (("usage_estimated", usage_estimated), ("fallback", fallback), ("stream", stream),
+                            ("cached", cached), ("usage_suspect", usage_suspect)):
             self._bools[name].append(1 if value else 0)
         for name, value in (("provider", provider), ("model", model), ("requested_model", requested_model),
-                            ("status", status), ("error_type", error_type)):
+                            ("status", status), ("error_type", error_type), ("session_id", session_id),
+                            ("kind", kind)):
             self._coded[name].add(value)
         texts = self._texts
         texts["request_id"].append(request_id)

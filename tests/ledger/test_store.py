@@ -316,3 +316,24 @@ async def test_a_file_locked_by_another_process_never_blocks_the_caller(tmp_path
     ledger.close()
     with Ledger(path) as reopened:
         assert reopened.request_ids() == ["req-7"]
+
+
+def test_second_version_columns_round_trip_and_migrate_a_first_version_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "v1.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    with monkeypatch.context() as m:
+        m.setattr("llmkit.ledger.migrations.MIGRATIONS", [fn for fn in MIGRATIONS if fn.__name__ < "m003"])
+        migrate(db)
+    db.execute("INSERT INTO requests (request_id, time, started, requested_model, status, provider, model, cost_usd)"
+               " VALUES ('old-1', 1700000000, 1699999999, 'gpt-4o', 'ok', 'openai', 'gpt-4o', 0.5)")
+    db.close()
+    with Ledger(path) as ledger:
+        assert ledger[0].request_id == "old-1"
+        assert (ledger[0].session_id, ledger[0].kind, ledger[0].cached) == (None, "completion", False)
+        new = rec(9, session_id="s-1", kind="embedding", cached=True, cost_saved_usd=0.25, usage_suspect=True,
+                  status="cancelled", cost_usd=0.0)
+        ledger.append_sync(new)
+    with Ledger(path) as again:
+        assert again[1] == new
+        assert "m003_session_kind_cache_columns" in applied(sqlite3.connect(path))
