@@ -26,7 +26,7 @@ from .ledger.pricing import Pricer
 from .ledger.store import Ledger, LedgerRecord
 from .providers import create_provider
 from .providers.base import estimate_usage, prompt_tokens
-from .routing.budget import Budget
+from .routing.budget import Budget, Reservation
 from .routing.health import HealthMonitor
 from .routing.router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
 
@@ -79,8 +79,8 @@ class Service:
             if self.closing:
                 raise asyncio.CancelledError
             token = self._reserve(request)
-            response = await self._deadline(request, t0, attempts, self.router.route(request, attempts,
-                                                                                       self._deadline_at(request, t0)))
+            response = await self._deadline(request, t0, attempts, self.router.route(
+                request, attempts, self._deadline_at(request, t0), self._rebudget(token, request)))
             self._finish_response(request, response, attempts, t0)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
@@ -118,7 +118,8 @@ class Service:
             total = self._timeout(request)
             hard = loop.time() + total if total is not None else math.inf
             slot, first, agen = await self._deadline(
-                request, t0, attempts, self.router.open_stream(request, attempts, self._deadline_at(request, t0)))
+                request, t0, attempts, self.router.open_stream(request, attempts, self._deadline_at(request, t0),
+                                                               self._rebudget(token, request)))
             try:
                 response = await self._pump(request, slot, first, agen, emit, texts, hard)
             finally:
@@ -207,13 +208,32 @@ class Service:
             raise RequestTimeoutError(
                 f"request {request.id} passed its {timeout:g}s deadline (tried: {tried})") from None
 
-    def _reserve(self, request: Request) -> object | None:
+    def _reserve(self, request: Request) -> Reservation | None:
         if self.budget is None:
             return None
         slot, model = self.router.candidates(request.model, request.provider)[0]
+        return self.budget.reserve(self._estimate(slot, model, request))
+
+    def _estimate(self, slot: Slot, model: str, request: Request) -> float | None:
         estimate = self.pricer.estimate(slot.name, slot.provider.price_provider_id, model,
                                         prompt_tokens(request), request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
-        return self.budget.reserve(None if estimate is None else float(estimate))
+        return None if estimate is None else float(estimate)
+
+    def _rebudget(self, token: Reservation | None, request: Request) -> Callable[[Slot, Request], None] | None:
+        """The budget's check before each provider is tried: the reservation moves to that provider's
+        estimate (a pricier fallback is checked again) or the request ends in ``BudgetExceededError``."""
+        budget = self.budget
+        if token is None or budget is None:
+            return None
+        tried = 0
+
+        def check(slot: Slot, req: Request) -> None:
+            nonlocal tried
+            tried += 1
+            if tried > 1:  # the first candidate is the one ``_reserve`` held for
+                budget.resize(token, self._estimate(slot, req.model, req))
+
+        return check
 
     def _finish_response(self, request: Request, response: Response, attempts: list[Attempt], t0: float) -> None:
         response.id = request.id

@@ -113,8 +113,9 @@ def test_health_shows_an_outage_and_the_recovery(server: FakeOpenAIServer, fake_
         assert row["error_rate"] > 0.5 and row["uptime_pct"] < 100.0
 
         server.set_down(False)
-        row = client.check_health().iloc[0]  # a passing check closes the breaker
-        assert row["breaker_state"] == "closed" and row["healthy"]
+        row = client.check_health().iloc[0]  # a passing check half-opens the breaker: the next call probes
+        assert row["breaker_state"] == "half_open" and row["healthy"]
         assert client.completion("gpt-4o", MSG).content == "ok"
+        assert client.health().iloc[0]["breaker_state"] == "closed"
         checks = client.events("health_check")
     assert checks["ok"].tolist() == [True, False, True]

@@ -1,10 +1,11 @@
 """Circuit breakers: pybreaker's state machine, driven from asyncio, with an injectable clock.
 
 pybreaker has no native asyncio (see the toolbox notes), so the I/O happens outside it: ``admit()``
-decides before a call (closed: go; open: ``CircuitOpenError``; open past ``reset_timeout``: one
-half-open probe), and ``report()`` feeds the outcome through pybreaker, which counts consecutive
-failures, trips, closes after a good probe and notifies listeners. Cancellation is never reported,
-so a cancelled call neither trips nor closes a breaker. Only one half-open probe is in flight at a time.
+decides before a call (closed: go; open: ``CircuitOpenError``; open past ``reset_timeout``, or after a
+passing health check: one half-open probe), and ``report()`` feeds the outcome through pybreaker, which
+counts consecutive failures, trips, closes after a good probe and notifies listeners. Cancellation is
+never reported, so a cancelled call neither trips nor closes a breaker. Only one half-open probe is in
+flight at a time.
 """
 
 from __future__ import annotations
@@ -136,10 +137,12 @@ class Breaker:
         self._probing = False
 
     def record_check(self, ok: bool, error: BaseException | None = None) -> None:
-        """A health-check result: a passing check closes an open or half-open breaker; a failing one counts."""
+        """A health-check result. A pass moves an open breaker to half-open, never to closed: a health
+        endpoint answering says nothing about completions, so the next real call is the one probe that
+        decides. A failing check counts as a failure while closed."""
         if ok:
-            if _NAMES[self._cb.current_state] != "closed":
-                self._cb.close()
+            if _NAMES[self._cb.current_state] == "open":
+                self._cb.half_open()
             return
         if _NAMES[self._cb.current_state] == "closed":
             self.report(error or ProviderConnectionError("health check failed", provider=self.provider))

@@ -6,6 +6,7 @@ request's estimate. Spending is a running total over the ledger's new records on
 rescanned once when a new period starts. Thread-safe: the dashboard reads ``status()`` from its thread.
 
     token = budget.reserve(estimate_usd)      # raises BudgetExceededError
+    budget.resize(token, fallback_estimate)  # before each further provider is tried; may raise too
     ...send, then append the record to the ledger...
     budget.release(token)
 """
@@ -37,6 +38,10 @@ class Reservation:
 
     def __repr__(self) -> str:
         return f"<Reservation #{self.id} ${self.amount_usd:.6f}>"
+
+
+def _amount(estimate_usd: float | None) -> float:
+    return 0.0 if estimate_usd is None or not math.isfinite(estimate_usd) else max(0.0, estimate_usd)
 
 
 def period_start(period: str, now: float) -> float | None:
@@ -73,19 +78,32 @@ class Budget:
 
     def reserve(self, estimate_usd: float | None) -> Reservation:
         """Hold ``estimate_usd`` (None: unpriced, counts as 0) or raise ``BudgetExceededError``."""
-        estimate = 0.0 if estimate_usd is None or not math.isfinite(estimate_usd) else max(0.0, estimate_usd)
+        estimate = _amount(estimate_usd)
         with self._lock:
-            spent = self._refresh()
-            reserved = math.fsum(self._reserved.values())
-            if spent + reserved + estimate > self.limit_usd:
-                raise BudgetExceededError(
-                    f"budget exceeded: spent ${spent:.6f} + in flight ${reserved:.6f} + this request "
-                    f"${estimate:.6f} > limit ${self.limit_usd:.6f} ({self._describe_period()})",
-                    spent_usd=spent, budget_usd=self.limit_usd, estimate_usd=estimate,
-                )
+            self._check(estimate, 0.0)
             token = Reservation(next(self._ids), estimate)
             self._reserved[token.id] = estimate
             return token
+
+    def resize(self, token: Reservation, estimate_usd: float | None) -> None:
+        """Move a held reservation to a new estimate (the next provider tried, which may cost more), or
+        raise ``BudgetExceededError`` and keep the old amount. A released token is held again."""
+        estimate = _amount(estimate_usd)
+        with self._lock:
+            self._check(estimate, self._reserved.get(token.id, 0.0))
+            token.amount_usd = estimate
+            self._reserved[token.id] = estimate
+
+    def _check(self, estimate: float, replaced: float) -> None:
+        """Raise unless spent + in flight (less ``replaced``) + ``estimate`` fits. Holds ``_lock``."""
+        spent = self._refresh()
+        reserved = math.fsum(self._reserved.values()) - replaced
+        if spent + reserved + estimate > self.limit_usd:
+            raise BudgetExceededError(
+                f"budget exceeded: spent ${spent:.6f} + in flight ${reserved:.6f} + this request "
+                f"${estimate:.6f} > limit ${self.limit_usd:.6f} ({self._describe_period()})",
+                spent_usd=spent, budget_usd=self.limit_usd, estimate_usd=estimate,
+            )
 
     def release(self, token: object) -> None:
         """Drop a reservation (what ``reserve`` returned) once its request's record is in the ledger, or it

@@ -2,10 +2,11 @@
 
 ``HealthMonitor`` owns the health picture. Active: a background task calls every provider's
 ``health_check()`` each ``interval`` seconds (with a timeout), logs each result as a ``health_check``
-event and feeds it to the provider's breaker (a pass closes an open breaker, a failure counts).
-Passive: the router reports each finished request with ``record_request``. Both are kept over a
-rolling ``window_s`` of the injected ``clock``, in bounded deques: request counts in time buckets,
-at most ``MAX_SAMPLES`` recent latencies, so ``rows()`` stays cheap at any request rate.
+event and feeds it to the provider's breaker (a pass moves an open breaker to half-open, so the next
+real request is the probe that decides; a failure counts). Passive: the router reports each finished
+request with ``record_request``. Both are kept over a rolling ``window_s`` of the injected ``clock``,
+in bounded deques: request counts in time buckets, at most ``MAX_SAMPLES`` recent latencies, so
+``rows()`` stays cheap at any request rate.
 
 ``rows()`` is read from other threads (the dashboard); everything it reads is behind one lock.
 """

@@ -23,6 +23,7 @@ from tenacity.wait import wait_base
 from .._config import ProviderConfig
 from .._errors import (
     AllProvidersFailedError,
+    BudgetExceededError,
     CircuitOpenError,
     LLMError,
     NoProviderError,
@@ -36,10 +37,13 @@ from .._secrets import logger, redact
 from .._types import Attempt, Request, Response, StreamChunk
 from ..providers.base import Provider, prompt_tokens
 from .breaker import Breaker
-from .limits import PriorityGate, Throttle
+from .limits import PausedTooLong, PriorityGate, Throttle
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
+#: Called before each candidate is tried (the budget's check for that provider and model); it raises
+#: ``BudgetExceededError`` to refuse, which ends the request: nothing more is sent.
+BeforeCandidate = Callable[["Slot", Request], None]
 
 
 class Slot:
@@ -139,13 +143,15 @@ class Router:
 
     # -- the chain -----------------------------------------------------------------------------
 
-    async def route(self, request: Request, attempts: list[Attempt], deadline: float) -> Response:
+    async def route(self, request: Request, attempts: list[Attempt], deadline: float,
+                    before: BeforeCandidate | None = None) -> Response:
         async def call(provider: Provider, req: Request) -> Response:
             return await provider.complete(req)
 
-        return await self._with_fallback(request, attempts, deadline, call)
+        return await self._with_fallback(request, attempts, deadline, call, before)
 
-    async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float
+    async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float,
+                          before: BeforeCandidate | None = None
                           ) -> tuple[Slot, StreamChunk, AsyncIterator[StreamChunk]]:
         """Open a stream with fallback and retries up to its first chunk; later errors are not retried."""
         opened: dict[str, Any] = {}
@@ -160,15 +166,22 @@ class Router:
             opened["slot"] = self.by_name[provider.name]
             return first
 
-        first = await self._with_fallback(request, attempts, deadline, call)
+        first = await self._with_fallback(request, attempts, deadline, call, before)
         return opened["slot"], first, opened["agen"]
 
     async def _with_fallback(self, request: Request, attempts: list[Attempt], deadline: float,
-                             call: Callable[[Provider, Request], Awaitable[T]]) -> T:
+                             call: Callable[[Provider, Request], Awaitable[T]],
+                             before: BeforeCandidate | None = None) -> T:
         errors: list[BaseException] = []
         candidates = self.candidates(request.model, request.provider)
         for index, (slot, model) in enumerate(candidates):
             req = request if model == request.model else dataclasses.replace(request, model=model)
+            if before is not None:
+                try:
+                    before(slot, req)
+                except BudgetExceededError as exc:  # not the provider's fault: no breaker, no fallback
+                    self._record(attempts, slot, req, "skipped", exc, 0.0, 0)
+                    raise
             try:
                 return await self._with_retries(slot, req, attempts, deadline, call)
             except LLMError as exc:
@@ -220,6 +233,7 @@ class Router:
     async def _attempt(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                        call: Callable[[Provider, Request], Awaitable[T]]) -> T:
         self._skip_if_open(slot, request, attempts, retry)  # fail fast: don't queue for an open circuit
+        self._skip_if_paused(slot, request, attempts, retry, slot.throttle.paused_for())
         start = self.clock()
         await slot.gate.acquire(request.priority)
         try:
@@ -227,7 +241,11 @@ class Router:
             if queued > 0.001:
                 self.events.emit("queue_wait", slot.name, request.id, waited_s=queued)
             estimate = request_tokens(request)
-            waited = await slot.throttle.acquire(request.priority, estimate)
+            try:
+                waited = await slot.throttle.acquire(request.priority, estimate, self.retry_after_cap)
+            except PausedTooLong as exc:  # the pause grew past the cap while this request waited
+                self._skip_if_paused(slot, request, attempts, retry, exc.remaining_s)
+                raise
             if waited > 0.001:
                 self.events.emit("rate_limit_wait", slot.name, request.id, waited_s=waited)
             return await self._call(slot, request, attempts, retry, call, estimate)
@@ -240,6 +258,19 @@ class Router:
             exc = CircuitOpenError(slot.name, wait)
             self._record(attempts, slot, request, "skipped", exc, 0.0, retry)
             raise exc
+
+    def _skip_if_paused(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
+                        remaining: float) -> None:
+        """A server pause longer than ``retry_after_cap`` is not sat out: fall back, or fail fast with a
+        ``RateLimitError`` carrying what is left of the pause (``retry_after``)."""
+        if remaining <= self.retry_after_cap:
+            return
+        exc = RateLimitError(
+            f"paused by the server for {remaining:.1f}s more, longer than retry_after_cap "
+            f"({self.retry_after_cap:g}s): not waiting", provider=slot.name, code="paused",
+            retryable=False, retry_after=remaining)
+        self._record(attempts, slot, request, "skipped", exc, 0.0, retry)
+        raise exc
 
     async def _call(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                     call: Callable[[Provider, Request], Awaitable[T]], estimate: int) -> T:

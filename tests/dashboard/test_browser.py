@@ -107,9 +107,9 @@ def test_live_numbers_and_breaker_states_in_a_browser(client: llmkit.Client, ser
     expect(badge(page, "primary")).to_have_text("HALF-OPEN", timeout=TIMEOUT_MS)
 
     client.provider("primary").set_down(False)
-    client.check_health("primary")  # a passing check closes the breaker
-    expect(badge(page, "primary")).to_have_text("CLOSED", timeout=TIMEOUT_MS)
+    client.check_health("primary")  # a passing check half-opens the breaker; the next call probes and closes it
     client.completion(model="m", messages=MSG)
+    expect(badge(page, "primary")).to_have_text("CLOSED", timeout=TIMEOUT_MS)
 
     usage = client.usage()
     expect(kpi(page, "requests")).to_have_attribute("data-value", str(len(usage)), timeout=TIMEOUT_MS)

@@ -181,7 +181,8 @@ def test_breaker_timeline_closed_open_half_open_closed(fake_time: Any) -> None:
         assert store.breaker_states["primary"] == "half_open"
         assert list(store.transitions)[-1].derived
         client.provider("primary").set_down(False)
-        client.check_health("primary")  # a passing check closes it
+        client.check_health("primary")  # a passing check half-opens it...
+        client.completion(model="m", messages=MSG)  # ...and the next call, the probe, closes it
         wall[0] += 1.0
         store.refresh()
         assert store.breaker_states == {"primary": "closed", "backup": "closed"}

@@ -89,9 +89,12 @@ async def test_checks_emit_events_and_drive_the_breaker() -> None:
     providers["b"].set_down(False)
     clock.now += 4
     assert row(monitor, "b")["retry_in_s"] == 6.0
-    await monitor.check("b")  # a passing check closes the breaker at once
+    await monitor.check("b")  # a passing check half-opens the breaker at once: the next real call probes
     r = row(monitor, "b")
-    assert r["breaker_state"] == "closed" and r["healthy"] is True and r["uptime_pct"] == 50.0
+    assert r["breaker_state"] == "half_open" and r["healthy"] is True and r["uptime_pct"] == 50.0
+    probe = breakers["b"].admit()
+    breakers["b"].report(None, probe)  # the probe succeeded: now it closes
+    assert row(monitor, "b")["breaker_state"] == "closed"
 
 
 async def test_checks_leave_the_window() -> None:
