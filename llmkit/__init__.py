@@ -32,6 +32,7 @@ from ._errors import (
     QuotaExceededError,
     RateLimitError,
     RequestTimeoutError,
+    ResultLimitError,
     ServerError,
 )
 from ._types import Attempt, Request, Response, StreamChunk, Usage
@@ -76,6 +77,7 @@ __all__ = [
     "Request",
     "RequestTimeoutError",
     "Response",
+    "ResultLimitError",
     "ServerError",
     "StreamChunk",
     "Usage",

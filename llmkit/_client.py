@@ -11,14 +11,12 @@ import concurrent.futures
 import os
 import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
 from ._loop import LoopFactory, LoopThread, shared_loop
-from ._secrets import logger
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import Request, Response
 from ._validate import build_request
@@ -33,32 +31,32 @@ if TYPE_CHECKING:
 
 
 class _Results:
-    """Results of ``completion_async`` requests, kept until fetched (the oldest finished ones beyond
-    ``limit`` are dropped, with a log line)."""
+    """Results of ``completion_async`` requests, kept until fetched: nothing is ever dropped.
+
+    At most ``limit`` unfetched requests (running or finished) are held; one more submission raises
+    ``ResultLimitError`` instead of silently forgetting an older answer. Every operation is O(1).
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._futures: OrderedDict[str, concurrent.futures.Future[Response]] = OrderedDict()
+        self._futures: dict[str, concurrent.futures.Future[Response]] = {}
         self._lock = threading.Lock()
-        self._finished = 0
+
+    def reserve(self) -> None:
+        """Raise ``ResultLimitError`` when ``limit`` results are already waiting to be fetched."""
+        if len(self._futures) >= self.limit:
+            from ._errors import ResultLimitError
+
+            raise ResultLimitError(
+                f"{len(self._futures)} results of completion_async are waiting to be fetched (max_results="
+                f"{self.limit}); fetch some with get_result() first, or raise max_results")
 
     def add(self, request_id: str, future: concurrent.futures.Future[Response]) -> None:
         with self._lock:
             self._futures[request_id] = future
-        future.add_done_callback(self._on_done)
 
-    def _on_done(self, _: object) -> None:
-        with self._lock:
-            self._finished += 1
-            if self._finished <= self.limit:
-                return
-            for rid in list(self._futures):
-                if self._finished <= self.limit:
-                    break
-                if self._futures[rid].done():
-                    del self._futures[rid]
-                    self._finished -= 1
-                    logger.warning("dropped the unfetched result of %s (more than %d kept)", rid, self.limit)
+    def __len__(self) -> int:
+        return len(self._futures)
 
     def get(self, request_id: str) -> concurrent.futures.Future[Response]:
         with self._lock:
@@ -69,9 +67,7 @@ class _Results:
 
     def forget(self, request_id: str) -> None:
         with self._lock:
-            future = self._futures.pop(request_id, None)
-            if future is not None and future.done():
-                self._finished -= 1
+            self._futures.pop(request_id, None)
 
 
 class Client:
@@ -151,6 +147,7 @@ class Client:
     def completion_async(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> str:
         """Queue a request and return its id at once; fetch it with ``get_result``."""
         request = self._request(model, messages, **kwargs)
+        self._results.reserve()
         self._service.note_submitted()
         future = self._loop.submit(self._service.execute(request, submitted=True))
         self._results.add(request.id, future)

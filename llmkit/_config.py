@@ -117,7 +117,7 @@ class ClientConfig:
     budget_period: str | None = None
     timeout: float | None = 600.0
     health_interval: float | None = 30.0
-    max_results: int = 10_000
+    max_results: int = 100_000
     max_events: int = 50_000
     retry_after_cap: float = 60.0
     store_prompts: bool = False
@@ -347,7 +347,7 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         budget_period=period,
         timeout=timeout,
         health_interval=interval,
-        max_results=_positive_int(raw.get("max_results", 10_000), where, "max_results"),
+        max_results=_positive_int(raw.get("max_results", 100_000), where, "max_results"),
         max_events=_positive_int(raw.get("max_events", 50_000), where, "max_events"),
         retry_after_cap=_positive_number(raw.get("retry_after_cap", 60.0), where, "retry_after_cap"),
         store_prompts=bool(raw.get("store_prompts", False)),

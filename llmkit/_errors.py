@@ -20,7 +20,8 @@
     ├── AllProvidersFailedError              every candidate failed (.errors)
     ├── BudgetExceededError                  the estimated cost would pass the budget
     ├── RequestTimeoutError (TimeoutError)   the whole request passed its deadline
-    └── ClientClosedError                    the client was closed before the request finished
+    ├── ClientClosedError                    the client was closed before the request finished
+    └── ResultLimitError                     completion_async holds max_results unfetched results
 
 Messages are scrubbed of registered secrets when the error is built (see ``_secrets``).
 """
@@ -174,6 +175,12 @@ class RequestTimeoutError(LLMError, TimeoutError):
 
 class ClientClosedError(LLMError):
     """The client was closed: a call made after ``close()``, or a request still queued or running then."""
+
+
+class ResultLimitError(LLMError):
+    """``completion_async`` refused a request: ``max_results`` results are waiting to be fetched.
+
+    Nothing is dropped to make room; fetch results with ``get_result`` (or raise ``max_results``)."""
 
 
 # Errors that are the provider's problem: move on to the next candidate.

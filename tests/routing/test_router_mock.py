@@ -217,3 +217,15 @@ def test_queue_depth_counts_a_request_as_soon_as_it_is_queued() -> None:
         assert c.queue_depth() in (2, 3)  # at most one holds the only slot
         for rid in ids:
             c.cancel(rid)
+
+
+@pytest.mark.timeout(60)
+def test_completion_async_never_drops_a_result_and_refuses_past_max_results() -> None:
+    """Unfetched results are all kept; one past ``max_results`` is refused with ResultLimitError."""
+    with vclient([{"name": "r", "adapter": Recording}], max_results=50) as c:
+        ids = [c.completion_async("m", MSG) for _ in range(50)]
+        with pytest.raises(llmkit.ResultLimitError, match="max_results=50"):
+            c.completion_async("m", MSG)
+        assert len(Recording.starts) <= 50  # the refused one was never sent
+        assert [c.get_result(i, timeout=30).id for i in ids] == ids  # the oldest ones were not dropped
+        assert c.get_result(c.completion_async("m", MSG), timeout=30).content == "r:m"  # room again
