@@ -24,6 +24,7 @@ from ._errors import (
     LLMError,
     NoProviderError,
     NotFoundError,
+    OutputValidationError,
     OverloadedError,
     PermissionDeniedError,
     ProviderConnectionError,
@@ -34,7 +35,7 @@ from ._errors import (
     RequestTimeoutError,
     ServerError,
 )
-from ._types import Attempt, Request, Response, StreamChunk, Usage
+from ._types import Attempt, Request, Response, StreamChunk, ToolCall, Usage
 
 __version__ = "0.1.0"
 
@@ -65,6 +66,7 @@ __all__ = [
     "LLMError",
     "NoProviderError",
     "NotFoundError",
+    "OutputValidationError",
     "OverloadedError",
     "PermissionDeniedError",
     "ProviderConfig",
@@ -78,6 +80,7 @@ __all__ = [
     "Response",
     "ServerError",
     "StreamChunk",
+    "ToolCall",
     "Usage",
     "__version__",
     "enable_nested_asyncio",
