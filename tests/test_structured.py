@@ -345,3 +345,28 @@ def test_mock_reply_of_the_wrong_type_is_a_clear_error() -> None:
     with llmkit.Client([{"name": "m", "adapter": "mock", "reply": lambda r: 42, "max_retries": 0}], ledger=None,
                        health_interval=None) as c, pytest.raises(llmkit.ProviderError, match="returned int"):
         c.completion("m", MSG)
+
+
+async def test_every_call_style_parses(client: llmkit.Client) -> None:
+    resp = await client.acompletion("gpt-4o", MSG, response_model=Sentiment)
+    assert isinstance(resp.parsed, Sentiment)
+    rid = client.completion_async("gpt-4o", MSG, response_model=Sentiment)
+    assert (await client.aget_result(rid, timeout=30)).parsed == resp.parsed  # same request, same mock answer
+    stream = client.astream("gpt-4o", MSG, response_model=Sentiment)
+    text = "".join([chunk.text async for chunk in stream])
+    assert stream.response is not None and stream.response.parsed == Sentiment.model_validate_json(text)
+    assert stream.response.parsed == resp.parsed
+
+
+def test_validation_retries_with_the_mock_and_scripted_replies() -> None:
+    replies = ['{"label": "meh", "confidence": 0.5}', "not json at all", '{"label": "neutral", "confidence": 0.5}']
+    with llmkit.Client([{"name": "m", "adapter": "mock", "options": {"replies": replies}}], ledger=None,
+                       health_interval=None) as c:
+        resp = c.completion("gpt-4o", MSG, response_model=Sentiment)
+        assert resp.parsed == Sentiment(label="neutral", confidence=0.5)
+        assert c.provider("m").calls == 3  # type: ignore[attr-defined]
+        assert [a.error for a in resp.attempts] == ["OutputValidationError", "OutputValidationError", None]
+        with pytest.raises(OutputValidationError) as info:
+            c.completion("gpt-4o", MSG, response_model=Sentiment, max_validation_retries=1)
+        assert info.value.raw == "not json at all" and "Invalid JSON" in str(info.value)
+        assert c.provider("m").calls == 5  # type: ignore[attr-defined]
