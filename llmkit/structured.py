@@ -263,6 +263,17 @@ def openai_format(fmt: Any) -> Any:
     return {**fmt, "json_schema": {**fmt["json_schema"], "schema": strict}}
 
 
+def openai_tool(tool: Any) -> Any:
+    """A function tool with ``strict: true`` gets its parameters made strict-compatible, like a response_format."""
+    fn = tool.get("function") if isinstance(tool, Mapping) else None
+    if not isinstance(fn, Mapping) or not fn.get("strict") or not isinstance(fn.get("parameters"), Mapping):
+        return tool
+    strict = strict_schema(fn["parameters"])
+    if _has_open_object(strict):
+        return {**tool, "function": {**fn, "strict": False}}
+    return {**tool, "function": {**fn, "parameters": strict}}
+
+
 def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``schema`` in the subset OpenAI's strict mode accepts (like openai-python's
     ``to_strict_json_schema``): objects list every property as required and forbid extra ones, ``oneOf``

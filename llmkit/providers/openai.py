@@ -126,6 +126,8 @@ class OpenAIProvider(HTTPProvider):
         body.update((k, v) for k, v in request.extra.items() if k not in ("model", "messages"))
         if "response_format" in body:
             self._response_format(body, body.pop("response_format"))
+        if isinstance(body.get("tools"), list):
+            body["tools"] = [structured.openai_tool(t) for t in body["tools"]]
         if stream:
             body["stream"] = True
             options = dict(body.get("stream_options") or {})

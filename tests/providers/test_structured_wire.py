@@ -168,6 +168,17 @@ def test_openai_tool_round_trip(openai: FakeOpenAIServer) -> None:
     assert final.content == "Oslo is cold, Rome is warm." and final.tool_calls == []
 
 
+def test_openai_strict_tools_get_strict_parameters(openai: FakeOpenAIServer) -> None:
+    strict_tool = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
+    openai.enqueue(tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": {"city": "Oslo"}}])
+    with client_for(openai, "openai") as client:
+        client.completion("gpt-4o", MSG, tools=[strict_tool])
+    [sent_tool] = sent(openai)[0]["tools"]
+    assert sent_tool["function"]["strict"] is True
+    assert sent_tool["function"]["parameters"] == {"type": "object", "properties": {"city": {"type": "string"}},
+                                                   "required": ["city"], "additionalProperties": False}
+
+
 def test_openai_malformed_tool_arguments_are_asked_again_then_fail_with_the_raw_string(
         openai: FakeOpenAIServer) -> None:
     broken = '{"city": "Os'
