@@ -103,11 +103,13 @@ def format_for_model(model: Any) -> dict[str, Any]:
     """The OpenAI-shaped ``response_format`` for a pydantic class (its JSON schema, strict)."""
     check_model(model)
     name, schema = _model_schema(model)
-    return {"type": "json_schema", "json_schema": {"name": name, "schema": copy.deepcopy(schema), "strict": True}}
+    schema = json.loads(schema)  # a fresh copy per request (cheaper than copy.deepcopy)
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
 
 
 @lru_cache(maxsize=256)
-def _model_schema(model: Any) -> tuple[str, dict[str, Any]]:
+def _model_schema(model: Any) -> tuple[str, str]:
+    """The model's name for the wire and its JSON schema (as JSON text: each request gets its own copy)."""
     try:
         schema = model.model_json_schema()
     except Exception as exc:  # PydanticInvalidForJsonSchema, a broken custom type, ...
@@ -115,7 +117,7 @@ def _model_schema(model: Any) -> tuple[str, dict[str, Any]]:
     if schema.get("type") != "object":
         raise InvalidRequestError(f"response_model: {model.__name__}'s schema is not an object")
     name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
-    return name, schema
+    return name, json.dumps(schema)
 
 
 def check_response_format(fmt: Any) -> dict[str, Any]:
