@@ -24,6 +24,7 @@ from ._errors import (
     LLMError,
     NoProviderError,
     NotFoundError,
+    OutputValidationError,
     OverloadedError,
     PermissionDeniedError,
     ProviderConnectionError,
@@ -35,7 +36,7 @@ from ._errors import (
     ResultLimitError,
     ServerError,
 )
-from ._types import Attempt, Request, Response, StreamChunk, Usage
+from ._types import Attempt, Request, Response, StreamChunk, ToolCall, Usage
 
 __version__ = "0.1.0"
 
@@ -66,6 +67,7 @@ __all__ = [
     "LLMError",
     "NoProviderError",
     "NotFoundError",
+    "OutputValidationError",
     "OverloadedError",
     "PermissionDeniedError",
     "ProviderConfig",
@@ -80,6 +82,7 @@ __all__ = [
     "ResultLimitError",
     "ServerError",
     "StreamChunk",
+    "ToolCall",
     "Usage",
     "__version__",
     "enable_nested_asyncio",

@@ -72,6 +72,7 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
     max_response_bytes: int = 32 * 1024 * 1024  # a body or stream beyond this fails (decoded bytes)
+    reply: Any = field(default=None, repr=False)  # mock only: callable(Request) -> str | dict | list[ToolCall]
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
@@ -121,6 +122,7 @@ class ClientConfig:
     max_events: int = 50_000
     retry_after_cap: float = 60.0
     store_prompts: bool = False
+    max_validation_retries: int = 2  # structured output: failed validations asked again (llmkit.structured)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,12 +283,15 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     options = raw.get("options") or {}
     if not isinstance(options, Mapping):
         raise where.error("options", "a table of adapter options", options)
+    reply = raw.get("reply")
+    if reply is not None and (not callable(reply) or adapter != "mock"):
+        raise where.error("reply", "a callable(request) -> str | dict | list of ToolCall, on a mock entry", reply)
     return ProviderConfig(
         name=name, adapter=adapter, api_key=api_key, api_key_env=api_key_env, base_url=base_url,
         models=tuple(models), priority=priority, rate_limit=rate_limit, tokens_per_minute=tpm,
         max_retries=max_retries, timeout=timeout, breaker=breaker, pricing=pricing,
         max_concurrency=max_conc, headers=dict(headers), options=dict(options),
-        max_response_bytes=max_bytes,
+        max_response_bytes=max_bytes, reply=reply,
     )
 
 
@@ -351,6 +356,8 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         max_events=_positive_int(raw.get("max_events", 50_000), where, "max_events"),
         retry_after_cap=_positive_number(raw.get("retry_after_cap", 60.0), where, "retry_after_cap"),
         store_prompts=bool(raw.get("store_prompts", False)),
+        max_validation_retries=_positive_int(raw.get("max_validation_retries", 2), where, "max_validation_retries",
+                                             zero_ok=True),
     )
 
 

@@ -20,6 +20,7 @@
     ├── AllProvidersFailedError              every candidate failed (.errors)
     ├── BudgetExceededError                  the estimated cost would pass the budget
     ├── RequestTimeoutError (TimeoutError)   the whole request passed its deadline
+    ├── OutputValidationError                the answer did not validate, retries included (.raw .errors)
     ├── ClientClosedError                    the client was closed before the request finished
     └── ResultLimitError                     completion_async holds max_results unfetched results
 
@@ -171,6 +172,19 @@ class BudgetExceededError(LLMError):
 
 class RequestTimeoutError(LLMError, TimeoutError):
     """The request passed its overall deadline (retries, fallbacks and queue waits included)."""
+
+
+class OutputValidationError(LLMError):
+    """A structured answer (``response_model``, a JSON-schema ``response_format``, tool arguments) did not
+    parse or validate, after ``max_validation_retries`` more tries. ``raw`` is the last answer's text,
+    ``errors`` its validation errors, ``response`` the last ``Response`` (usage and cost of all tries)."""
+
+    def __init__(self, message: str, *, raw: str = "", errors: list[Any] | None = None,
+                 response: Any = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.errors = list(errors or [])
+        self.response = response
 
 
 class ClientClosedError(LLMError):

@@ -16,8 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
+from . import structured
 from ._config import ClientConfig
-from ._errors import ClientClosedError, ProviderTimeoutError, RequestTimeoutError
+from ._errors import ClientClosedError, OutputValidationError, ProviderTimeoutError, RequestTimeoutError
 from ._events import EventLog
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk, new_session_id
@@ -79,9 +80,11 @@ class Service:
             if self.closing:
                 raise asyncio.CancelledError
             token = self._reserve(request)
-            response = await self._deadline(request, t0, attempts, self.router.route(
-                request, attempts, self._deadline_at(request, t0), self._rebudget(token, request)))
-            self._finish_response(request, response, attempts, t0)
+            rebudget, deadline = self._rebudget(token, request), self._deadline_at(request, t0)
+            response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
+                request, lambda req: self.router.route(req, attempts, deadline, rebudget),
+                lambda resp: self._finish_response(request, resp, attempts, t0), self.config.max_validation_retries,
+                lambda n, errors: self._note_retry(request, n, errors)))
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0)
@@ -130,6 +133,7 @@ class Service:
                 response = Response(id=request.id, content=content, provider=slot.name, model=request.model,
                                     usage=estimate_usage(request, content), requested_model=request.model)
             self._finish_response(request, response, attempts, t0)
+            structured.finish_stream(request, response)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0, stream=True)
@@ -235,6 +239,9 @@ class Service:
 
         return check
 
+    def _note_retry(self, request: Request, tries: int, errors: list[Any]) -> None:
+        self.events.emit("validation_retry", None, request.id, retry=tries, errors=len(errors))
+
     def _finish_response(self, request: Request, response: Response, attempts: list[Attempt], t0: float) -> None:
         response.id = request.id
         response.attempts = attempts
@@ -276,6 +283,8 @@ class Service:
                 fallback=len({a.provider for a in attempts}) > 1, stream=stream, priority=request.priority,
                 metadata=request.metadata or None, prompt=self._prompt(request), session_id=self.session_id,
             )
+        if isinstance(exc, OutputValidationError) and exc.response is not None:
+            record = _charged(record, exc.response)  # answers that did not validate were still paid for
         try:
             await self.ledger.append(record)
         except asyncio.CancelledError:
@@ -326,3 +335,14 @@ class Service:
             except Exception as err:  # closing must not fail because one provider did
                 logger.warning("closing provider %s: %s", provider.name, err)
         await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)
+
+
+def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:
+    """An error record carrying the tokens and cost of the answers its request paid for."""
+    import dataclasses
+
+    u = response.usage
+    return dataclasses.replace(
+        record, provider=response.provider, model=response.model, input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens, cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
+        reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd)

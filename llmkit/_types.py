@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,43 @@ class Request:
     provider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_request_id)
+    # structured output (llmkit.structured): the pydantic class the answer is validated into (its JSON schema
+    # is in ``extra["response_format"]``), and how often a failed validation is asked again (None: the config's)
+    response_model: Any = field(default=None, repr=False, compare=False)
+    max_validation_retries: int | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A tool (function) the model asked to call: ``arguments`` parsed from the wire's JSON string.
+
+    ``raw_arguments`` keeps the string as sent; when it is not a JSON object, ``arguments`` is ``{}`` and
+    ``error`` says why (the call is then asked again, see ``llmkit.structured``).
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    raw_arguments: str = field(default="", repr=False, compare=False)
+    error: str | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, id: Any, name: Any, raw: Any) -> ToolCall:
+        """A call from the wire: ``raw`` a JSON string (OpenAI) or an already-decoded object (Anthropic)."""
+        text = raw if isinstance(raw, str) else json.dumps(raw if raw is not None else {})
+        try:
+            args = json.loads(text) if text.strip() else {}
+        except ValueError as exc:
+            return cls(str(id or ""), str(name or ""), {}, text, f"arguments are not valid JSON ({exc})")
+        if not isinstance(args, dict):
+            return cls(str(id or ""), str(name or ""), {}, text,
+                       f"arguments are not a JSON object (got {type(args).__name__})")
+        return cls(str(id or ""), str(name or ""), args, text)
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI wire shape, for an assistant message that replays this call."""
+        args = self.raw_arguments or json.dumps(self.arguments)
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": args}}
 
 
 @dataclass(slots=True)
@@ -134,10 +172,11 @@ class Response:
     attempts: list[Attempt] = field(default_factory=list)
     raw: Any = None
     requested_model: str | None = None
-    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
     rate_limit: RateLimitInfo | None = field(default=None, repr=False)
     provider_request_id: str | None = field(default=None, repr=False)
     cached: bool = False  # answered from the response cache (cost_usd is then 0.0)
+    parsed: Any = None  # the validated answer of a response_model (an instance) or a JSON-schema response_format
 
     @property
     def fallback(self) -> bool:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import structured
 from ._errors import InvalidRequestError
 from ._types import ROLES, Request, Usage
 
@@ -20,7 +21,7 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     """Validate every argument and return a frozen ``Request``; raises ``InvalidRequestError``."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequestError(f"model: expected a non-empty model name, got {model!r}")
-    checked = _messages(messages)
+    checked = _messages(structured.tool_call_dicts(messages))
     if temperature is not None and (
         not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
         or not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0
@@ -46,13 +47,15 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     clash = set(extra) & ({"stream", "stream_options", "messages", "model"} | _KNOWN)
     if clash:
         raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
+    response_model, max_validation_retries = structured.take_arguments(extra)
     for key, value in extra.items():
         if isinstance(value, int) and not isinstance(value, bool) and not _is_int64(value):
             raise InvalidRequestError(f"{key}: expected a 64-bit integer, got {value!r}")
         encodable(str(key), value)
     return Request(model=model, messages=checked, temperature=None if temperature is None else float(temperature),
                    max_tokens=max_tokens, timeout=None if timeout is None else float(timeout), priority=priority,
-                   metadata=dict(metadata), stream=stream, provider=provider, extra=extra)
+                   metadata=dict(metadata), stream=stream, provider=provider, extra=extra,
+                   response_model=response_model, max_validation_retries=max_validation_retries)
 
 
 def _messages(messages: Any) -> tuple[dict[str, Any], ...]:

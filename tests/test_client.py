@@ -154,7 +154,7 @@ def test_public_names_are_pinned() -> None:
                  "RateLimitError", "AuthenticationError", "BadRequestError", "ContextWindowExceededError",
                  "NotFoundError", "ServerError", "OverloadedError", "ProviderTimeoutError",
                  "ProviderConnectionError", "CircuitOpenError", "NoProviderError", "AllProvidersFailedError",
-                 "BudgetExceededError"):
+                 "BudgetExceededError", "ToolCall", "OutputValidationError"):
         assert name in llmkit.__all__ and hasattr(llmkit, name)
     assert issubclass(llmkit.OverloadedError, llmkit.ProviderError)
     err = llmkit.RateLimitError("slow down", provider="p", status=429, code="rate_limit_exceeded", retry_after=2)

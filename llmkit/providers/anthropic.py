@@ -4,8 +4,11 @@ Wire in: OpenAI-shaped messages become Messages API ones: ``system``/``developer
 top-level ``system``, ``tool`` messages become ``tool_result`` blocks, an assistant's ``tool_calls``
 become ``tool_use`` blocks; ``max_tokens`` is filled in when absent (option ``default_max_tokens``,
 default 4096); ``temperature`` is clamped to 1.0; ``extra["stop"]`` becomes ``stop_sequences`` and
-OpenAI-shaped ``tools``/``tool_choice`` are translated; other ``extra`` keys pass through.
-Wire out: text blocks concatenated, ``tool_use`` blocks as OpenAI-shaped ``tool_calls``, the stop
+OpenAI-shaped ``tools``/``tool_choice`` are translated (``parallel_tool_calls: false`` becomes
+``disable_parallel_tool_use``); a json_schema ``response_format`` becomes a forced tool whose
+``input_schema`` is the schema (its input is the answer, returned as ``content``, streamed as text);
+other ``extra`` keys pass through.
+Wire out: text blocks concatenated, ``tool_use`` blocks as ``ToolCall`` objects, the stop
 reason mapped to OpenAI's finish reasons, and usage normalised (``input_tokens`` includes cache
 reads and writes).
 
@@ -22,10 +25,11 @@ from typing import Any
 import httpx
 
 from .. import _errors as e
+from .. import structured
 from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
 from .._secrets import logger
-from .._types import Request, Response, StreamChunk, Usage
+from .._types import Request, Response, StreamChunk, ToolCall, Usage
 from ._http import ErrorContext, HTTPProvider, parse_rate_limit_headers
 
 FINISH_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -134,6 +138,49 @@ def _tool_choice(choice: Any) -> Any:
     return choice
 
 
+def _merge_tool_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI sends one ``tool`` message per call; Anthropic wants the results of one turn in one user message."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if out and _is_tool_results(m) and _is_tool_results(out[-1]):
+            out[-1] = {"role": "user", "content": out[-1]["content"] + m["content"]}
+        else:
+            out.append(m)
+    return out
+
+
+def _is_tool_results(m: dict[str, Any]) -> bool:
+    content = m.get("content")
+    return m.get("role") == "user" and isinstance(content, list) and all(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+
+
+def _response_format(body: dict[str, Any], fmt: Any) -> None:
+    """OpenAI's ``response_format`` for the Messages API: a json_schema becomes a forced tool whose input is
+    the answer; json_object becomes a system instruction (Anthropic has no JSON mode); text needs nothing."""
+    named = structured.output_schema(fmt)
+    if named is not None:
+        name, schema = named
+        body["tools"] = [{"name": name, "description": "Give your answer as this tool's input.",
+                          "input_schema": schema}]
+        body["tool_choice"] = {"type": "tool", "name": name}
+    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        instruction = structured.schema_instruction(None)
+        system = body.get("system")
+        if system is None:
+            body["system"] = instruction
+        elif isinstance(system, str):
+            body["system"] = f"{system}\n\n{instruction}"
+        else:
+            body["system"] = [*system, {"type": "text", "text": instruction}]
+
+
+def output_tool(request: Request) -> str | None:
+    """The forced tool that carries a structured answer (its input is the answer), if any."""
+    named = structured.output_schema(request.extra.get("response_format"))
+    return named[0] if named is not None else None
+
+
 class AnthropicProvider(HTTPProvider):
     """Anthropic's Messages API (``adapter = "anthropic"``)."""
 
@@ -169,7 +216,8 @@ class AnthropicProvider(HTTPProvider):
 
     def build_body(self, request: Request, stream: bool = False) -> dict[str, Any]:
         system = [m.get("content") for m in request.messages if m.get("role") in ("system", "developer")]
-        messages = [_message(m) for m in request.messages if m.get("role") not in ("system", "developer")]
+        messages = _merge_tool_results([_message(m) for m in request.messages
+                                        if m.get("role") not in ("system", "developer")])
         body: dict[str, Any] = {"model": request.model, "messages": messages,
                                 "max_tokens": request.max_tokens or self.default_max_tokens}
         if system:
@@ -186,8 +234,13 @@ class AnthropicProvider(HTTPProvider):
                 body["tools"] = [_tool(t) for t in value]
             elif key == "tool_choice":
                 body["tool_choice"] = _tool_choice(value)
-            elif key not in ("model", "messages", "stream"):
+            elif key == "response_format":
+                _response_format(body, value)
+            elif key not in ("model", "messages", "stream", "parallel_tool_calls"):
                 body[key] = value
+        choice = body.get("tool_choice") or {"type": "auto"}
+        if request.extra.get("parallel_tool_calls") is False and "tools" in body and choice.get("type") != "none":
+            body["tool_choice"] = {**choice, "disable_parallel_tool_use": True}
         if stream:
             body["stream"] = True
         return body
@@ -200,18 +253,24 @@ class AnthropicProvider(HTTPProvider):
                                             provider=self.name, status=resp.status_code)
         if data.get("type") == "error":
             raise self._stream_error(data, resp)
-        text, calls = [], []
+        text, calls, answer = [], [], None
+        forced = output_tool(request)
         for block in data.get("content") or ():
             if not isinstance(block, dict):
                 continue
             if block.get("type") == "text":
                 text.append(str(block.get("text") or ""))
+            elif block.get("type") == "tool_use" and forced is not None and block.get("name") == forced:
+                answer = block.get("input")
             elif block.get("type") == "tool_use":
-                calls.append(_tool_call(block.get("id"), block.get("name"), json.dumps(block.get("input") or {})))
+                calls.append(ToolCall.from_json(block.get("id"), block.get("name"), block.get("input") or {}))
         stop = data.get("stop_reason")
+        finish = FINISH_REASONS.get(str(stop), stop)
+        if answer is not None:  # the structured answer is the forced tool's input, not a call to make
+            text, finish = [answer if isinstance(answer, str) else json.dumps(answer)], "stop"
         return self.response(
             request, content="".join(text), model=data.get("model") or request.model,
-            finish_reason=FINISH_REASONS.get(str(stop), stop), usage=anthropic_usage(data.get("usage")), raw=data,
+            finish_reason=finish, usage=anthropic_usage(data.get("usage")), raw=data,
             tool_calls=calls, rate_limit=parse_rate_limit_headers(resp.headers),
             provider_request_id=resp.headers.get(self.request_id_header),
         )
@@ -242,7 +301,7 @@ class AnthropicProvider(HTTPProvider):
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self._check_key()
         state: dict[str, Any] = {}
-        acc = _StreamState()
+        acc = _StreamState(output_tool(request))
         events = self._stream_events("/v1/messages", self.build_body(request, stream=True), request.timeout, state)
         async with aclosing(events):
             async for event in events:
@@ -269,7 +328,9 @@ class AnthropicProvider(HTTPProvider):
         final = self.response(
             request, content=content, model=acc.message.get("model") or request.model,
             finish_reason=acc.finish_reason(), usage=anthropic_usage(acc.usage), raw=acc.raw(content),
-            tool_calls=acc.tool_calls(), rate_limit=parse_rate_limit_headers(resp.headers),
+            tool_calls=[ToolCall.from_json(c["id"], c["function"]["name"], c["function"]["arguments"])
+                        for c in acc.tool_calls() if c["function"]["name"] != acc.forced],
+            rate_limit=parse_rate_limit_headers(resp.headers),
             provider_request_id=resp.headers.get(self.request_id_header),
         )
         yield StreamChunk(text="", finish_reason=final.finish_reason, response=final)
@@ -291,9 +352,10 @@ def _tool_call(call_id: Any, name: Any, arguments: str) -> dict[str, Any]:
 class _StreamState:
     """What a Messages stream has said so far."""
 
-    __slots__ = ("blocks", "delta", "done", "message", "parts", "usage")
+    __slots__ = ("blocks", "delta", "done", "forced", "message", "parts", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, forced: str | None = None) -> None:
+        self.forced = forced  # the tool whose input is the structured answer: streamed as text
         self.message: dict[str, Any] = {}
         self.usage: dict[str, Any] = {}
         self.delta: dict[str, Any] = {}
@@ -311,8 +373,12 @@ class _StreamState:
                 self.parts.append(text)
                 return text
             if delta.get("type") == "input_json_delta":
-                self.blocks.setdefault(data.get("index", 0), {}).setdefault("json", []).append(
-                    str(delta.get("partial_json") or ""))
+                block = self.blocks.setdefault(data.get("index", 0), {})
+                part = str(delta.get("partial_json") or "")
+                if self.forced is not None and block.get("name") == self.forced:
+                    self.parts.append(part)
+                    return part
+                block.setdefault("json", []).append(part)
         elif kind == "content_block_start":
             self.blocks.setdefault(data.get("index", 0), {}).update(data.get("content_block") or {})
         elif kind == "message_start":
@@ -327,6 +393,9 @@ class _StreamState:
 
     def finish_reason(self) -> str | None:
         stop = self.delta.get("stop_reason")
+        if stop == "tool_use" and self.forced is not None and not any(
+                c["function"]["name"] != self.forced for c in self.tool_calls()):
+            return "stop"  # the structured answer came as the forced tool's input
         return FINISH_REASONS.get(str(stop), stop)
 
     def tool_calls(self) -> list[dict[str, Any]]:
@@ -340,9 +409,10 @@ class _StreamState:
 
     def raw(self, content: str) -> dict[str, Any]:
         """The stream assembled into the shape of a non-streamed ``message``."""
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content else []
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": content}] if content and not self.forced else []
         blocks += [{"type": "tool_use", "id": c["id"], "name": c["function"]["name"],
-                    "input": _loads(c["function"]["arguments"])} for c in self.tool_calls()]
+                    "input": _loads(content if c["function"]["name"] == self.forced else c["function"]["arguments"])}
+                   for c in self.tool_calls()]
         return {**self.message, "content": blocks, "stop_reason": self.delta.get("stop_reason"),
                 "stop_sequence": self.delta.get("stop_sequence"), "usage": dict(self.usage)}
 

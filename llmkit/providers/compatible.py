@@ -11,6 +11,10 @@ Options (``ProviderConfig.options``):
   A path starting with ``/`` is taken from the server's root; otherwise it is relative to ``base_url``.
   Default: ``{base_url}/models``.
 - ``include_usage``: send ``stream_options.include_usage`` when streaming (default True).
+- ``structured_output``: how a JSON-schema ``response_format`` (or ``response_model``) is sent:
+  ``"json_schema"`` (default: ``response_format`` as OpenAI's, which vLLM, llama.cpp and Ollama accept),
+  ``"json_object"`` (``{"type": "json_object"}`` plus the schema in a system message, for servers that only
+  have a JSON mode) or ``"prompt"`` (no ``response_format`` at all, the schema in a system message).
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .._config import DEFAULT_BASE_URLS
+from .. import structured
+from .._config import DEFAULT_BASE_URLS, ProviderConfig
+from .._errors import ConfigError
 from .._types import Request
 from .openai import OpenAIProvider
+
+_MODES = ("json_schema", "json_object", "prompt")
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
@@ -31,13 +39,34 @@ class OpenAICompatibleProvider(OpenAIProvider):
     default_base_url = DEFAULT_BASE_URLS["openai_compatible"]
     max_tokens_field = "max_tokens"
     requires_key = False
-    known_options = frozenset({"health_path", "include_usage"})
+    known_options = frozenset({"health_path", "include_usage", "structured_output"})
+
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        mode = config.options.get("structured_output", "json_schema")
+        if mode not in _MODES:
+            raise ConfigError(f"provider {config.name!r}: option 'structured_output': expected one of {list(_MODES)}, "
+                              f"got {mode!r}")
+        self.structured_output = mode
 
     def build_body(self, request: Request, stream: bool = False) -> dict[str, Any]:
         body = super().build_body(request, stream)
         if stream and not self.config.options.get("include_usage", True) and "stream_options" not in request.extra:
             body.pop("stream_options", None)
         return body
+
+    def _response_format(self, body: dict[str, Any], fmt: Any) -> None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        mode = self.structured_output
+        if mode == "json_schema" or kind not in ("json_object", "json_schema") or (
+                kind == "json_object" and mode == "json_object"):
+            body["response_format"] = fmt  # as asked
+            return
+        if mode == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        named = structured.output_schema(fmt)
+        instruction = structured.schema_instruction(named[1] if named else None)
+        body["messages"] = [{"role": "system", "content": instruction}, *body["messages"]]
 
     def health_url(self) -> str:
         path = self.config.options.get("health_path")

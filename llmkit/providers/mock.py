@@ -13,22 +13,32 @@ Options (``ProviderConfig.options``):
   look real in a simulation; by default the mock is unpriced (``cost_usd`` None) unless ``pricing`` is set.
 
 At run time, ``set_down(True)`` simulates an outage and ``fail_next(n, kind)`` scripts failures.
+
+Structured output and tools (``llmkit.structured``): a json_schema ``response_format`` (or
+``response_model``) is answered with a value generated from the schema, and ``tools`` with a call of the
+chosen tool with generated arguments (``mock_schema``), both seeded by ``seed`` and the request's content,
+so the same request always gets the same answer. The entry's ``reply`` field, a callable taking the
+``Request`` and returning text, a dict (sent as JSON) or a list of ``ToolCall``, answers instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .. import _errors as e
+from .. import structured
 from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
-from .._types import Request, Response, StreamChunk, Usage
+from .._types import Request, Response, StreamChunk, ToolCall, Usage
 from .base import Provider, estimate_tokens
 from .base import prompt_tokens as base_prompt_tokens
+from .mock_schema import instance
 
 _FAILURES: dict[str, Callable[[str], ProviderError]] = {
     "server": lambda p: e.ServerError("mock: internal server error", provider=p, status=500),
@@ -60,7 +70,8 @@ class MockProvider(Provider):
         if unknown:
             raise ConfigError(f"provider {config.name!r}: unknown mock option {sorted(unknown)[0]!r}; "
                               f"expected one of {sorted(known)}")
-        self._rng = random.Random(opts.get("seed", 0))
+        self._seed = opts.get("seed", 0)
+        self._rng = random.Random(self._seed)
         self._replies = opts.get("replies")
         self._reply_index = 0
         latency = opts.get("latency", 0.0)
@@ -121,9 +132,38 @@ class MockProvider(Provider):
             return reply
         return f"Mock reply to: {prompt[:200]}"
 
-    def _usage(self, request: Request, reply: str) -> Usage:
+    def _answer(self, request: Request) -> tuple[str, list[ToolCall]]:
+        """The reply text and tool calls: the entry's ``reply`` callable, else scripted ``replies``, else a
+        call of the chosen tool or a value generated from the schema (seeded by the request), else an echo."""
+        if self.config.reply is not None:
+            return _from_callable(self.config.reply(request))
+        if self._replies and (not isinstance(self._replies, dict) or _prompt(request) in self._replies):
+            return self._reply_for(request), []
+        rng = self._request_rng(request)
+        calls = _tool_calls(request, rng)
+        if calls:
+            return "", calls
+        named = structured.output_schema(request.extra.get("response_format"))
+        if named is not None:
+            return json.dumps(instance(named[1], rng), ensure_ascii=False), []
+        fmt = request.extra.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+            return json.dumps({"answer": self._reply_for(request)}), []
+        if request.messages and request.messages[-1].get("role") == "tool":
+            results = [str(m.get("content") or "") for m in request.messages if m.get("role") == "tool"]
+            return f"Mock answer from {len(results)} tool result(s): {'; '.join(results)[:200]}", []
+        return self._reply_for(request), []
+
+    def _request_rng(self, request: Request) -> random.Random:
+        """A generator seeded by the mock's seed and the request's content: the same request gets the same
+        answer, whatever ran before it (concurrent batches, retries of other requests)."""
+        key = json.dumps([request.model, request.messages, request.extra.get("response_format"),
+                          request.extra.get("tools"), request.extra.get("tool_choice")], sort_keys=True, default=str)
+        return random.Random(f"{self._seed}|{hashlib.sha256(key.encode()).hexdigest()}")
+
+    def _usage(self, request: Request, reply: str, calls: list[ToolCall] | None = None) -> Usage:
         prompt_tokens = base_prompt_tokens(request)
-        out = estimate_tokens(reply)
+        out = estimate_tokens(reply) + sum(estimate_tokens(c.raw_arguments) + 4 for c in calls or ())
         if request.max_tokens is not None:
             out = min(out, request.max_tokens)
         return Usage(input_tokens=prompt_tokens, output_tokens=out,
@@ -139,26 +179,73 @@ class MockProvider(Provider):
         self.calls += 1
         await self._wait()
         self._maybe_fail()
-        reply = self._reply_for(request)
+        reply, calls = self._answer(request)
         raw: dict[str, Any] = {"mock": True, "content": reply}
-        return self.response(request, content=reply, finish_reason="stop", usage=self._usage(request, reply),
-                             raw=raw)
+        if calls:
+            raw["tool_calls"] = [c.to_openai() for c in calls]
+        return self.response(request, content=reply, finish_reason="tool_calls" if calls else "stop",
+                             usage=self._usage(request, reply, calls), raw=raw, tool_calls=calls)
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self.calls += 1
         await self._wait()
         self._maybe_fail()
-        reply = self._reply_for(request)
-        words = reply.split(" ")
+        reply, calls = self._answer(request)
+        words = reply.split(" ") if reply else []
         step = max(1, self.chunk_words)
         for i in range(0, len(words), step):
             piece = " ".join(words[i:i + step])
             yield StreamChunk(text=piece if i == 0 else " " + piece)
             await asyncio.sleep(0)
-        final = self.response(request, content=reply, finish_reason="stop", usage=self._usage(request, reply),
-                              raw={"mock": True, "content": reply})
-        yield StreamChunk(text="", finish_reason="stop", response=final)
+        finish = "tool_calls" if calls else "stop"
+        raw: dict[str, Any] = {"mock": True, "content": reply}
+        if calls:
+            raw["tool_calls"] = [c.to_openai() for c in calls]
+        final = self.response(request, content=reply, finish_reason=finish,
+                              usage=self._usage(request, reply, calls), raw=raw, tool_calls=calls)
+        yield StreamChunk(text="", finish_reason=finish, response=final)
 
     async def health_check(self) -> None:
         if self.down:
             raise _FAILURES["connection"](self.name)
+
+
+def _prompt(request: Request) -> str:
+    return next((str(m.get("content") or "") for m in reversed(request.messages) if m.get("role") == "user"), "")
+
+
+def _tool_calls(request: Request, rng: random.Random) -> list[ToolCall]:
+    """A call of the chosen tool (``tool_choice`` named, else one drawn from ``tools``) with arguments generated
+    from its parameters; none for ``tool_choice="none"``, or for ``"auto"`` once tool results came back."""
+    tools = [t for t in request.extra.get("tools") or () if t.get("type") == "function"]
+    choice = request.extra.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return []
+    if choice == "auto" and request.messages and request.messages[-1].get("role") == "tool":
+        return []  # the results are in: answer in text, as a model would
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    tool = next((t for t in tools if t["function"].get("name") == named), None) or rng.choice(tools)
+    params = tool["function"].get("parameters") or {"type": "object", "properties": {}}
+    args = json.dumps(instance(params, rng), ensure_ascii=False)
+    return [ToolCall.from_json(f"call_mock_{rng.getrandbits(48):012x}", tool["function"]["name"], args)]
+
+
+def _from_callable(result: Any) -> tuple[str, list[ToolCall]]:
+    """What a mock entry's ``reply`` callable returned: text, a dict (sent as JSON), a pydantic instance, or a
+    list of ``ToolCall`` (or ``{"name", "arguments"}`` dicts)."""
+    if isinstance(result, str):
+        return result, []
+    if isinstance(result, dict):
+        return json.dumps(result, ensure_ascii=False), []
+    if hasattr(result, "model_dump_json"):
+        return str(result.model_dump_json()), []
+    if isinstance(result, (list, tuple)) and all(isinstance(c, (ToolCall, dict)) for c in result):
+        calls = []
+        for i, c in enumerate(result):
+            if isinstance(c, dict):
+                fn: dict[str, Any] = c["function"] if isinstance(c.get("function"), dict) else c
+                c = ToolCall.from_json(c.get("id") or f"call_mock_{i}", fn.get("name"), fn.get("arguments", {}))
+            calls.append(c)
+        return "", calls
+    raise TypeError(f"the mock's reply callable returned {type(result).__name__}; expected str, dict, "
+                    "a pydantic instance or a list of llmkit.ToolCall")

@@ -2,7 +2,8 @@
 
 Wire in: the request's OpenAI-shaped messages, ``temperature``, ``max_completion_tokens`` (from
 ``max_tokens``), and every key of ``request.extra`` (tools, tool_choice, stop, top_p, seed, ...).
-Wire out: a ``Response`` with normalised ``Usage``, OpenAI-shaped ``tool_calls``, the served model,
+A strict json_schema ``response_format`` is made strict-compatible (``llmkit.structured.openai_format``).
+Wire out: a ``Response`` with normalised ``Usage``, ``ToolCall`` objects, the served model,
 the rate-limit headers and the provider's request id. Errors are classified from the parsed body.
 """
 
@@ -16,9 +17,10 @@ from typing import Any, ClassVar
 import httpx
 
 from .. import _errors as e
+from .. import structured
 from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
-from .._types import Request, Response, StreamChunk, Usage
+from .._types import Request, Response, StreamChunk, ToolCall, Usage
 from ._http import ErrorContext, HTTPProvider, parse_rate_limit_headers
 from .base import estimate_usage
 
@@ -122,6 +124,10 @@ class OpenAIProvider(HTTPProvider):
         if request.max_tokens is not None:
             body[self.max_tokens_field] = request.max_tokens
         body.update((k, v) for k, v in request.extra.items() if k not in ("model", "messages"))
+        if "response_format" in body:
+            self._response_format(body, body.pop("response_format"))
+        if isinstance(body.get("tools"), list):
+            body["tools"] = [structured.openai_tool(t) for t in body["tools"]]
         if stream:
             body["stream"] = True
             options = dict(body.get("stream_options") or {})
@@ -131,6 +137,10 @@ class OpenAIProvider(HTTPProvider):
             body.pop("stream", None)
             body.pop("stream_options", None)
         return body
+
+    def _response_format(self, body: dict[str, Any], fmt: Any) -> None:
+        """Put ``response_format`` in ``body``: OpenAI's strict json_schema is made strict-compatible."""
+        body["response_format"] = structured.openai_format(fmt)
 
     # -- wire out --------------------------------------------------------------------------------
 
@@ -152,8 +162,8 @@ class OpenAIProvider(HTTPProvider):
         text = content if isinstance(content, str) else ""
         return self.response(
             request, content=text, model=data.get("model") or request.model,
-            finish_reason=choice.get("finish_reason"), usage=self._usage(data.get("usage"), request, text),
-            raw=data, tool_calls=list(message.get("tool_calls") or []),
+            finish_reason=_finish(choice.get("finish_reason")), usage=self._usage(data.get("usage"), request, text),
+            raw=data, tool_calls=tool_calls(message.get("tool_calls")),
             rate_limit=parse_rate_limit_headers(resp.headers),
             provider_request_id=resp.headers.get(self.request_id_header),
         )
@@ -219,16 +229,32 @@ class OpenAIProvider(HTTPProvider):
         resp: httpx.Response = state["response"]
         content = "".join(acc.parts)
         final = self.response(
-            request, content=content, model=acc.model or request.model, finish_reason=acc.finish_reason,
-            usage=self._usage(acc.usage, request, content), raw=acc.raw(content), tool_calls=acc.tool_calls(),
+            request, content=content, model=acc.model or request.model, finish_reason=_finish(acc.finish_reason),
+            usage=self._usage(acc.usage, request, content), raw=acc.raw(content),
+            tool_calls=tool_calls(acc.tool_calls()),
             rate_limit=parse_rate_limit_headers(resp.headers),
             provider_request_id=resp.headers.get(self.request_id_header),
         )
-        yield StreamChunk(text="", finish_reason=acc.finish_reason, response=final)
+        yield StreamChunk(text="", finish_reason=final.finish_reason, response=final)
 
     async def health_check(self) -> None:
         self._check_key()
         await self._get("/models")
+
+
+def tool_calls(calls: Any) -> list[ToolCall]:
+    """OpenAI-shaped ``tool_calls`` (arguments a JSON string) as ``ToolCall`` objects."""
+    out = []
+    for call in calls or ():
+        if isinstance(call, dict):
+            fn: dict[str, Any] = call["function"] if isinstance(call.get("function"), dict) else {}
+            out.append(ToolCall.from_json(call.get("id"), fn.get("name"), fn.get("arguments")))
+    return out
+
+
+def _finish(reason: Any) -> Any:
+    """OpenAI's legacy ``function_call`` finish reason is today's ``tool_calls``."""
+    return "tool_calls" if reason == "function_call" else reason
 
 
 class _StreamState:

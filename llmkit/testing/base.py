@@ -165,7 +165,7 @@ class FakeLLMServer(FakeHTTPServer):
             return str(self.reply(request.json))
         if self.reply is not None:
             return self.reply
-        return f"Echo: {w.last_user_text(request.json)}"
+        return w.schema_answer(request.json) or f"Echo: {w.last_user_text(request.json)}"
 
     def _model(self, request: RecordedRequest, action: Action) -> str:
         asked = request.json.get("model") if isinstance(request.json, dict) else None

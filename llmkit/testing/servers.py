@@ -5,6 +5,7 @@ variants) and Anthropic. Public through ``llmkit.testing``; the shapes come from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from typing import Any
@@ -217,6 +218,10 @@ class FakeOpenAIServer(FakeLLMServer):
 class FakeAnthropicServer(FakeLLMServer):
     """A fake Anthropic Messages server (``POST /v1/messages``); ``url`` is the bare origin.
 
+    A forced tool (``tool_choice: {"type": "tool"}``, how llmkit asks for structured output) is answered with
+    a ``tool_use`` whose input is generated from its ``input_schema``; the OpenAI fake likewise answers a
+    json_schema ``response_format`` with JSON valid for the schema (unless a reply is scripted).
+
     Like the real API it answers 400 to a request without ``max_tokens``, with a ``system`` role in
     ``messages``, with ``temperature > 1`` or without the ``anthropic-version`` header (``strict=False``
     turns that off), and 401 to a wrong ``x-api-key`` when ``api_key`` is set. Stream JSON is padded with
@@ -301,6 +306,9 @@ class FakeAnthropicServer(FakeLLMServer):
                 "service_tier": "standard"}
 
     def _reply_body(self, request: RecordedRequest, action: Action) -> dict[str, Any]:
+        forced = w.forced_tool_call(request.json) if action.text is None and action.tool_calls is None else None
+        if forced is not None:  # a structured answer asked as a forced tool: answer with valid input
+            action = dataclasses.replace(action, tool_calls=[forced])
         text = self._text(request, action)
         calls = w.tool_calls(action.tool_calls)
         content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text or not calls else []

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import time
 from datetime import UTC, datetime
 from typing import Any
+
+from ..providers.mock_schema import instance
 
 OPENAI_FLAVORS = ("openai", "ollama", "vllm", "llamacpp")
 
@@ -72,6 +75,26 @@ def tool_calls(calls: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]
         out.append((str(call.get("id") or f"call_{i:04d}"), str(fn.get("name")),
                     args if isinstance(args, str) else json.dumps(args)))
     return out
+
+
+def schema_answer(body: Any) -> str | None:
+    """A JSON answer valid for the request's json_schema ``response_format`` (OpenAI shape), or None."""
+    fmt = body.get("response_format") if isinstance(body, dict) else None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+    return json.dumps(instance(schema, random.Random(0)))
+
+
+def forced_tool_call(body: Any) -> dict[str, Any] | None:
+    """An Anthropic request's forced tool (``tool_choice: {"type": "tool"}``) answered with generated input."""
+    choice = body.get("tool_choice") if isinstance(body, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    tool = next((t for t in body.get("tools") or () if isinstance(t, dict) and t.get("name") == choice.get("name")),
+                None)
+    schema = (tool or {}).get("input_schema") or {"type": "object"}
+    return {"id": "toolu_fake0001", "name": choice.get("name"), "input": instance(schema, random.Random(0))}
 
 
 def sse(data: Any, event: str | None = None, pad: int = 0) -> bytes:

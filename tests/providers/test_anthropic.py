@@ -90,8 +90,7 @@ async def test_tool_use_reply(anthropic_server: FakeAnthropicServer, make_provid
     resp = await make_provider("anthropic", anthropic_server.url).complete(req())
     assert resp.content == "Let me check."
     assert resp.finish_reason == "tool_calls"
-    assert resp.tool_calls == [{"id": "toolu_9", "type": "function",
-                                "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}]
+    assert resp.tool_calls == [llmkit.ToolCall("toolu_9", "weather", {"city": "Oslo"})]
 
 
 async def test_stream_text_usage_and_padding(make_provider: MakeProvider) -> None:
@@ -111,8 +110,8 @@ async def test_stream_tool_use(anthropic_server: FakeAnthropicServer, make_provi
     texts, final = await collect(make_provider("anthropic", anthropic_server.url), req())
     assert "".join(texts) == ""
     assert final.finish_reason == "tool_calls"
-    assert final.tool_calls == [{"id": "toolu_2", "type": "function",
-                                 "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]
+    assert final.tool_calls == [llmkit.ToolCall("toolu_2", "weather", {"city": "Rome"})]
+    assert final.tool_calls[0].raw_arguments == '{"city": "Rome"}'
 
 
 async def test_stream_usage_from_message_start_when_delta_has_only_output(

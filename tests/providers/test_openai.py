@@ -76,11 +76,13 @@ async def test_stream_tool_calls_are_concatenated(openai_server: FakeOpenAIServe
     texts, final = await collect(make_provider("openai", openai_server.url), req())
     assert "".join(texts) == ""
     assert final.finish_reason == "tool_calls"
-    assert final.tool_calls == [
+    assert final.tool_calls == [llmkit.ToolCall("call_a", "weather", {"city": "Paris"}),
+                                llmkit.ToolCall("call_0001", "time", {"tz": "UTC"})]
+    assert final.raw["choices"][0]["message"]["tool_calls"] == [
         {"id": "call_a", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
         {"id": "call_0001", "type": "function", "function": {"name": "time", "arguments": '{"tz": "UTC"}'}},
     ]
-    assert final.raw["choices"][0]["message"]["tool_calls"] == final.tool_calls
+    assert [c.to_openai() for c in final.tool_calls] == final.raw["choices"][0]["message"]["tool_calls"]
 
 
 async def test_non_streamed_tool_calls(openai_server: FakeOpenAIServer, make_provider: MakeProvider) -> None:
@@ -88,7 +90,8 @@ async def test_non_streamed_tool_calls(openai_server: FakeOpenAIServer, make_pro
     resp = await make_provider("openai", openai_server.url).complete(req())
     assert resp.content == ""
     assert resp.finish_reason == "tool_calls"
-    assert resp.tool_calls[0]["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
+    assert (resp.tool_calls[0].name, resp.tool_calls[0].arguments) == ("weather", {"city": "Oslo"})
+    assert resp.tool_calls[0].to_openai()["function"] == {"name": "weather", "arguments": '{"city": "Oslo"}'}
 
 
 @pytest.mark.parametrize(("status", "code", "etype", "error", "retryable"), [

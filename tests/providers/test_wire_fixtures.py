@@ -209,7 +209,7 @@ async def check_exchange(name: str, body: bytes, make_provider: MakeProvider) ->
         want_content, want_usage, want_args = PINNED[name]
         assert want_content is None or resp.content == want_content
         assert want_usage is None or resp.usage == want_usage
-        assert want_args is None or [c["function"]["arguments"] for c in resp.tool_calls] == want_args
+        assert want_args is None or [c.raw_arguments for c in resp.tool_calls] == want_args
     headers = {k.lower(): v for k, v in (meta.get("headers") or {}).items()}
     if "x-request-id" in headers and adapter == "openai":
         assert resp.provider_request_id == headers["x-request-id"]
