@@ -456,7 +456,9 @@ class Ledger:
     # -- writing -------------------------------------------------------------------------------
 
     async def append(self, record: LedgerRecord) -> None:
-        """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop)."""
+        """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop); if
+        another process holds the file's lock, it returns after one short attempt and the row is written
+        in the background as soon as the file is free."""
         waiter = self._submit(record, asyncio.get_running_loop())
         if isinstance(waiter, asyncio.Future):
             await waiter
