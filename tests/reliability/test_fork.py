@@ -120,3 +120,56 @@ def test_a_memory_only_client_works_in_a_forked_child() -> None:
     assert result[4] == 33  # a memory-only ledger starts empty in the child
     assert len(client.usage()) == 1 and client.completion("gpt-4o", MSG).content
     client.close()
+
+
+_LEDGER: Any = None
+
+
+def _record(rid: str) -> Any:
+    from llmkit.ledger.store import LedgerRecord
+
+    return LedgerRecord(rid, 1.0, 0.0, "m", "m", "m", "ok", None, None, 1, 1, 0, 0, 0, False, 0.0, 0.1, 1, False,
+                        False, 0, None)
+
+
+def _ledger_child(out: Any) -> None:
+    """In a forked child: a burst of appends on the parent's Ledger object (its writer thread is gone)."""
+    async def burst() -> None:
+        await asyncio.gather(*(_LEDGER.append(_record(f"child-{os.getpid()}-{i}")) for i in range(50)))
+
+    try:
+        asyncio.run(burst())
+        _LEDGER.close()
+        out.put(("ok", os.getpid()))
+    except BaseException as exc:
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+@pytest.mark.timeout(60)
+def test_a_ledger_opened_before_fork_reconnects_in_the_child(tmp_path: Path) -> None:
+    global _LEDGER
+    from llmkit.ledger.store import Ledger
+
+    path = tmp_path / "l.sqlite3"
+    _LEDGER = Ledger(path)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_ledger_child, args=(out,))
+        child.start()
+        try:
+            result = out.get(timeout=30)  # before the fix: the burst waited forever on the dead writer
+        finally:
+            child.join(timeout=10)
+            if child.is_alive():
+                child.kill()
+                child.join()
+        assert result[0] == "ok", result
+        assert len(_LEDGER) == 0  # the parent's ledger is untouched and still works
+        _LEDGER.append_sync(_record("parent-1"))
+    finally:
+        _LEDGER.close()
+        _LEDGER = None
+    with Ledger(path) as reopened:
+        ids = reopened.request_ids()
+    assert len(ids) == len(set(ids)) == 51 and "parent-1" in ids
