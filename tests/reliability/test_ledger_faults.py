@@ -111,6 +111,25 @@ async def test_appends_under_a_lock_return_and_close_writes_the_backlog(tmp_path
     assert ids_in_file(path) == [f"req-{i}" for i in range(20)]
 
 
+@pytest.mark.timeout(60)
+async def test_close_gives_up_on_a_file_locked_for_good_and_says_so(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import llmkit.ledger.store as store
+
+    monkeypatch.setattr(store, "_CLOSE_PATIENCE_S", 0.3)
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    locker = Locker(path)
+    try:
+        await ledger.append(rec(1))
+        ledger.close()  # returns (after its patience) although the lock is never released
+        assert ledger.request_ids() == ["req-1"]  # still readable in memory
+    finally:
+        locker.release()
+    assert any(r.levelno == logging.ERROR and "1 record(s) were not written" in r.getMessage()
+               for r in caplog.records)
+
+
 # -- item 7b: one bad row never rolls back the others ------------------------------------------------
 
 
