@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
-from ._loop import LoopFactory, LoopThread, shared_loop
+from ._loop import LoopFactory, LoopThread, fork_generation, shared_loop
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import Request, Response
 from ._validate import build_request
@@ -102,12 +102,44 @@ class Client:
         if not config.providers:
             config = parse_client_config({**_as_dict(config), "providers": list(default_providers())})
         self.config = config
-        self._loop = LoopThread(loop_factory=loop_factory) if loop_factory else shared_loop()
         self._closed = False
         self._results = _Results(config.max_results)
-        if self._loop is not shared_loop():  # a client dropped unclosed stops its loop thread once collected
-            weakref.finalize(self, self._loop.stop)
-        self._service: Service = self._loop.run(self._build(sleep, clock))
+        self._generation = fork_generation()
+        self._make = (loop_factory, sleep, clock)  # what a forked child rebuilds from (see _after_fork)
+        self._loop_thread = self._new_loop(loop_factory)
+        self._svc: Service = self._loop_thread.run(self._build(sleep, clock))
+
+    def _new_loop(self, loop_factory: LoopFactory | None) -> LoopThread:
+        loop = LoopThread(loop_factory=loop_factory) if loop_factory else shared_loop()
+        if loop is not shared_loop():  # a client dropped unclosed stops its loop thread once collected
+            weakref.finalize(self, loop.stop)
+        return loop
+
+    # A client used before os.fork() works in the child: the child has none of the parent's threads (the
+    # loop, the ledger writer), so on first use there it builds a new loop and service from its config
+    # (connection pools, limiters, breakers, health checks; a file ledger is reopened and reloaded, a
+    # memory-only one starts empty). The parent's queued results are not the child's to fetch.
+
+    @property
+    def _loop(self) -> LoopThread:
+        if self._generation != fork_generation():
+            self._after_fork()
+        return self._loop_thread
+
+    @property
+    def _service(self) -> Service:
+        if self._generation != fork_generation():
+            self._after_fork()
+        return self._svc
+
+    def _after_fork(self) -> None:
+        self._generation = fork_generation()
+        _left_behind.append(self._svc)  # the parent's; never closed or collected here
+        loop_factory, sleep, clock = self._make
+        self._results = _Results(self.config.max_results)
+        self._loop_thread = self._new_loop(loop_factory)
+        if not self._closed:
+            self._svc = self._loop_thread.run(self._build(sleep, clock))
 
     async def _build(self, sleep: Any, clock: Any) -> Service:
         from ._service import Service
@@ -345,6 +377,9 @@ class Client:
         names = ", ".join(f"{p.name}({p.adapter})" for p in self.config.providers)
         state = "closed" if self._closed else "open"
         return f"<llmkit.Client [{names}] {state}>"
+
+
+_left_behind: list[Any] = []  # in a forked child: the parent's services, kept from the garbage collector
 
 
 def _as_dict(config: ClientConfig) -> dict[str, Any]:

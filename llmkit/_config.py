@@ -17,7 +17,7 @@ from typing import Any
 
 from ._adapters import BUILTIN_ADAPTERS
 from ._errors import ConfigError
-from ._secrets import mask, register_secret
+from ._secrets import hide_userinfo, mask, redact, register_header, register_secret, register_url_credentials
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -79,10 +79,14 @@ class ProviderConfig:
         if isinstance(self.api_key, str) and self.api_key != self.api_key.strip():
             object.__setattr__(self, "api_key", self.api_key.strip())  # a pasted key's newline: never send it
             register_secret(self.api_key)
+        register_url_credentials(self.base_url)  # https://user:password@host
+        for name, value in dict(self.headers or {}).items():
+            register_header(name, value)
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name not in ("api_key", "headers")
+            f"{f.name}={_hidden_url(self.base_url) if f.name == 'base_url' else getattr(self, f.name)!r}"
+            for f in fields(self) if f.name not in ("api_key", "headers")
         )
         return f"ProviderConfig({shown}, api_key={mask(self.api_key)!r})"
 
@@ -144,8 +148,12 @@ class _Where:
         return ConfigError(f"{': '.join(parts) or 'config'}: expected {expected}{got_s}")
 
 
+def _hidden_url(url: str | None) -> str | None:
+    return None if url is None else hide_userinfo(url)
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    text = redact(repr(value))  # before cutting, so a cut can't leave half a secret
     return text if len(text) <= 60 else text[:57] + "..."
 
 

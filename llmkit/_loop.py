@@ -154,6 +154,9 @@ class LoopThread:
 
     def stop(self) -> None:
         """Stop the loop and join its thread (used by tests and at interpreter exit)."""
+        if self._pid != os.getpid():  # a forked child: that loop and thread are the parent's; let them be
+            self._loop = self._thread = None
+            return
         with self._lock:
             loop, thread = self._loop, self._thread
             self._loop = self._thread = None
@@ -255,6 +258,29 @@ def shared_loop() -> LoopThread:
         if _shared is None:
             _shared = LoopThread()
         return _shared
+
+
+# -- os.fork() -------------------------------------------------------------------------------------
+# A forked child has only the thread that forked: every loop thread (and what lives on it) is gone.
+# Clients compare ``fork_generation()`` with the one they were built in and rebuild lazily (``Client``).
+
+_generation = 0
+
+
+def fork_generation() -> int:
+    """How many times this process's ancestry forked since llmkit was imported (0 in the original)."""
+    return _generation
+
+
+def _after_fork_in_child() -> None:
+    global _generation, _shared, _shared_lock
+    _generation += 1
+    _shared = None  # the parent's shared loop thread does not exist here; a new one starts on first use
+    _shared_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):

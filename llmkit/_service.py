@@ -1,7 +1,8 @@
 """The in-process service behind a client: routing, budgets, costs, the ledger and health, on one loop.
 
 Everything here runs on the client's private event loop (see ``_loop``). ``execute`` and ``stream`` are
-the two request paths; both end every request in exactly one ledger record, ok or error, written
+the two request paths; both end every request in exactly one ledger record (ok, error, or cancelled by
+its caller: a cancelled task, ``cancel(id)``, an abandoned stream with its tokens so far estimated), written
 durably before the result is handed back.
 """
 
@@ -112,6 +113,7 @@ class Service:
         token = None
         response: Response | None = None
         texts: list[str] = []
+        slot: Slot | None = None
         task = self._track()
         try:
             if self.closing:
@@ -136,6 +138,14 @@ class Service:
             structured.finish_stream(request, response)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
+            if closed is None and isinstance(exc, asyncio.CancelledError) and slot is not None:
+                # abandoned by its reader: one record, ok if the answer was complete, else cancelled with
+                # the tokens so far (estimated: servers report usage at the end)
+                partial = response or self._partial(request, slot, texts)
+                self._finish_response(request, partial, attempts, t0)
+                await self._record(request, partial, None, attempts, started, t0, stream=True,
+                                   status="ok" if response is not None else "cancelled")
+                raise
             await self._record(request, None, closed or exc, attempts, started, t0, stream=True)
             if closed is not None:
                 raise closed from None
@@ -180,6 +190,13 @@ class Service:
         return None
 
     # -- pieces --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _partial(request: Request, slot: Slot, texts: list[str]) -> Response:
+        """What an abandoned stream got: its text so far and estimated usage (``usage.estimated``)."""
+        content = "".join(texts)
+        return Response(id=request.id, content=content, provider=slot.name, model=request.model,
+                        usage=estimate_usage(request, content), requested_model=request.model)
 
     def _track(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()
@@ -258,14 +275,18 @@ class Service:
         response.cost_usd = None if cost is None else float(cost)
 
     async def _record(self, request: Request, response: Response | None, exc: BaseException | None,
-                      attempts: list[Attempt], started: float, t0: float, stream: bool = False) -> None:
+                      attempts: list[Attempt], started: float, t0: float, stream: bool = False,
+                      status: str = "ok") -> None:
         now = self.wallclock()
         if response is not None:
             u = response.usage
+            cancelled = status == "cancelled"
             record = LedgerRecord(
                 request_id=request.id, time=now, started=started, provider=response.provider,
-                model=response.model, requested_model=request.model, status="ok", error_type=None,
-                error_message=None, input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                model=response.model, requested_model=request.model, status=status,
+                error_type="CancelledError" if cancelled else None,
+                error_message=_cancelled_message(request, stream) if cancelled else None,
+                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                 cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
                 reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
                 latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
@@ -276,8 +297,11 @@ class Service:
             last = attempts[-1] if attempts else None
             record = LedgerRecord(
                 request_id=request.id, time=now, started=started, provider=last.provider if last else None,
-                model=last.model if last else None, requested_model=request.model, status="error",
-                error_type=type(exc).__name__, error_message=redact(str(exc))[:500], input_tokens=0,
+                model=last.model if last else None, requested_model=request.model,
+                status="cancelled" if isinstance(exc, asyncio.CancelledError) else "error",
+                error_type=type(exc).__name__,
+                error_message=(_cancelled_message(request, stream) if isinstance(exc, asyncio.CancelledError)
+                               else redact(str(exc))[:500]), input_tokens=0,
                 output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, reasoning_tokens=0,
                 usage_estimated=False, cost_usd=0.0, latency_s=self.clock() - t0, attempts=len(attempts),
                 fallback=len({a.provider for a in attempts}) > 1, stream=stream, priority=request.priority,
@@ -346,3 +370,8 @@ def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:
         record, provider=response.provider, model=response.model, input_tokens=u.input_tokens,
         output_tokens=u.output_tokens, cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
         reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd)
+def _cancelled_message(request: Request, stream: bool) -> str:
+    """The ledger's note on a request its caller cancelled (a cancelled task or gather, ``cancel(id)``,
+    a stream whose reader stopped)."""
+    return ("stream abandoned by its reader before the end" if stream
+            else f"request {request.id} cancelled by its caller")

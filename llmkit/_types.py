@@ -31,6 +31,16 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ids)}"
 
 
+def _new_prefix_in_child() -> None:
+    """A forked child continues the parent's counter: give it a prefix of its own (its pid)."""
+    global _ID_PREFIX
+    _ID_PREFIX = f"req-{os.getpid():x}-{int(time.time() * 1000) % 0xFFFFFFFF:x}-"
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_prefix_in_child)
+
+
 @dataclass(slots=True)
 class Usage:
     """Token counts, normalised across providers.

@@ -215,7 +215,7 @@ def latency_frame(ledger: Ledger, freq: str = "10s") -> pd.DataFrame:
     frame = pd.DataFrame({
         "time": usage["time"].dt.floor(freq),
         "provider": usage["provider"],
-        "_error": ~ok,
+        "_error": (usage["status"] == "error").to_numpy(),  # a cancelled request is not an error
         "_latency": usage["latency_s"].where(ok),
     })
     grouped = frame.groupby(["time", "provider"], observed=True, dropna=False, sort=True)

@@ -91,7 +91,7 @@ def test_cancelling_the_caller_cancels_the_request() -> None:
                 break
             threading.Event().wait(0.005)
         cols = c._service.ledger.columns()
-        assert list(cols["status"]) == ["error"] and list(cols["error_type"]) == ["CancelledError"]
+        assert list(cols["status"]) == ["cancelled"] and list(cols["error_type"]) == ["CancelledError"]
 
 
 def test_sync_timeout_cancels_the_underlying_task() -> None:

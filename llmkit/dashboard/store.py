@@ -230,7 +230,7 @@ class DashboardStore(param.Parameterized):
             agg["requests"] += 1
             agg["input_tokens"] += ins[i]
             agg["output_tokens"] += outs[i]
-            if not ok:
+            if statuses[i] == "error":  # a cancelled request is not an error
                 agg["errors"] += 1
                 errors += 1
             if cost is None:
@@ -245,7 +245,7 @@ class DashboardStore(param.Parameterized):
                 continue
             per = bucket.provider(provider)
             per[0] += 1
-            per[1] += not ok
+            per[1] += statuses[i] == "error"
             per[2] += cost
             if ok:
                 bucket.latencies.setdefault(provider, []).append(latencies[i])

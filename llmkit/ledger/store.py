@@ -7,6 +7,13 @@ record, request id included. A file-backed ledger also commits every record to S
 ``append`` returns. The commit happens on a writer thread that batches whatever has queued up into
 one transaction (group commit), so ``await ledger.append(rec)`` never blocks the event loop.
 
+Faults of the file never cost a call its deadline nor a record: when another process holds the file's
+write lock (or the disk is full), ``append`` returns after one short attempt and the rows wait in the
+writer's backlog, retried in the background until they land (``close`` gives them a last few seconds).
+One row SQLite refuses (text with a lone surrogate) is stored scrubbed and never rolls back the rest of
+its group commit. A file that is not a usable ledger is a ``ConfigError`` saying to move it aside. After
+``os.fork()`` the child never touches the parent's connection: it reconnects on its first write.
+
 On open, the records already in the file are loaded, so costs and budgets survive a restart.
 The schema changes only through ``migrations``. Readers on other threads (the dashboard) take
 consistent snapshots with ``columns()``.
@@ -15,6 +22,7 @@ consistent snapshots with ``columns()``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -30,6 +38,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .._errors import ConfigError
+from .._secrets import logger
 from .migrations import migrate
 
 
@@ -167,32 +177,73 @@ def _finite(value: Any) -> float:
     return number if math.isfinite(number) else 0.0
 
 
-_BUSY_TIMEOUT_MS = 10_000
+_BUSY_TIMEOUT_MS = 10_000  # opening (migrations) waits this long for another process's write
+_WRITE_BUSY_MS = 100  # one write attempt waits this long for a lock held elsewhere; then its rows wait aside
+_RETRY_MIN_S = 0.05  # a locked file is tried again after this, doubling up to _RETRY_MAX_S
+_RETRY_MAX_S = 1.0
+_CLOSE_PATIENCE_S = 10.0  # at close, rows still waiting for a locked file get this long to land
 _CHECKPOINT_EVERY = 1_000  # batches committed by the writer between checkpoints
 _CHECKPOINT_IDLE_S = 1.0  # an idle writer checkpoints what inline commits added
 _INLINE_SPACING_S = 0.0002  # at most one inline commit every 200 µs: bursts go to the group commit
+_RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # the file, not the row: try again later
+
+_Item = tuple[tuple[Any, ...], "_Waiter | None"]
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A failure of the file (locked by another process, disk full), not of the rows being written."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.split("_SNAPSHOT")[0] in _RETRYABLE or name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) \
+        or "locked" in str(exc)
+
+
+def _scrub(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row SQLite refused, made storable: text that is not valid UTF-8 (a lone surrogate from a server's
+    JSON) has it replaced, integers are clamped to 64 bits."""
+    out: list[Any] = []
+    for value in row:
+        if isinstance(value, str):
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = max(-(2**63), min(2**63 - 1, value))
+        out.append(value)
+    return tuple(out)
 
 
 class _Writer(threading.Thread):
-    """Owns the SQLite connection after open; commits queued rows in batches, resolving their futures."""
+    """Owns the SQLite connection after open; commits queued rows in batches, resolving their futures.
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    A batch SQLite refuses because of one of its rows is written row by row, so only that row is
+    affected (and it is stored scrubbed if it can be). A batch that meets a file locked by another
+    process (or a full disk) is not waited on: its waiters are released at once (the rows are in memory)
+    and the rows wait in ``backlog``, retried in the background until they land."""
+
+    def __init__(self, db: sqlite3.Connection, where: str = "the ledger") -> None:
         super().__init__(name="llmkit-ledger-writer", daemon=True)
         self.db = db
-        self.queue: queue.SimpleQueue[tuple[tuple[Any, ...], _Waiter] | None] = queue.SimpleQueue()
+        self.where = where
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.commits = 0  # transactions committed (fewer than rows when appends overlap)
         self.inline_commits = 0  # rows committed on the caller's thread (see Ledger._commit_inline)
         self.db_lock = threading.Lock()  # one user of the connection at a time
         self.last_inline = -1.0
         self._checkpointed = 0
+        self.backlog: list[tuple[Any, ...]] = []  # rows waiting for a locked file, oldest first
+        self.refused = 0  # rows SQLite refused even scrubbed (logged; in memory only)
+        self._retry_s = _RETRY_MIN_S
+        self._next_try = 0.0  # monotonic time of the next attempt at the backlog
 
     def run(self) -> None:
         try:
             while self._commit_batch():
                 pass
+            self._flush_at_close()
         finally:
             with self.db_lock:
-                self._checkpoint()
+                if not self.backlog:
+                    self._checkpoint()
                 self.db.close()
 
     def _checkpoint(self) -> None:
@@ -207,12 +258,16 @@ class _Writer(threading.Thread):
 
     def _commit_batch(self) -> bool:
         try:
-            item = self.queue.get(timeout=_CHECKPOINT_IDLE_S)
+            item = self.queue.get(timeout=max(0.0, self._next_try - time.monotonic()) if self.backlog
+                                  else _CHECKPOINT_IDLE_S)
         except queue.Empty:
-            with self.db_lock:
-                self._checkpoint()
+            if self.backlog:
+                self._commit([])
+            else:
+                with self.db_lock:
+                    self._checkpoint()
             return True
-        batch: list[tuple[tuple[Any, ...], _Waiter]] = []
+        batch: list[_Item] = []
         running = True
         while True:
             if item is None:
@@ -225,28 +280,85 @@ class _Writer(threading.Thread):
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
-        if batch:
+        if self.backlog and time.monotonic() < self._next_try:  # the file is locked: join the queue, no wait
+            self.backlog.extend(row for row, _ in batch)
+            self._settle(batch, {})
+        elif batch or self.backlog:
             self._commit(batch)
         return running
 
-    def _commit(self, batch: list[tuple[tuple[Any, ...], _Waiter]]) -> None:
-        error: BaseException | None = None
+    def _commit(self, batch: list[_Item]) -> None:
+        """Write the backlog (rows waiting for a locked file) and then ``batch``; settle their waiters."""
+        items: list[_Item] = [(row, None) for row in self.backlog] + batch
+        self.backlog = []
+        failed: dict[int, BaseException] = {}
         with self.db_lock:
-            try:
-                self.db.execute("BEGIN")
-                self.db.executemany(_INSERT, [row for row, _ in batch])
-                self.db.execute("COMMIT")
-                self.commits += 1
-            except Exception as exc:  # disk full, locked past the busy timeout...: tell every waiter
-                error = exc
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-            if self.commits - self._checkpointed >= _CHECKPOINT_EVERY:
+            left = self._write(items, failed)
+            if not left and self.commits - self._checkpointed >= _CHECKPOINT_EVERY:
                 self._checkpoint()
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for _, waiter in batch:
+        waited = len(items) - len(batch)  # rows that were waiting already
+        if left:
+            self.backlog = [row for row, _ in left]
+            if not waited:
+                logger.warning("%s is locked by another connection (or the disk is full): %d record(s) wait in "
+                               "memory and are written as soon as it is free", self.where, len(left))
+            self._next_try = time.monotonic() + self._retry_s
+            self._retry_s = min(_RETRY_MAX_S, self._retry_s * 2)
+        elif waited:
+            logger.info("%s: %d waiting record(s) written", self.where, waited)
+            self._retry_s = _RETRY_MIN_S
+        self._settle(batch, failed)
+
+    def _write(self, items: list[_Item], failed: dict[int, BaseException]) -> list[_Item]:
+        """Commit ``items`` (the caller holds ``db_lock``); returns those left for a locked file. A row
+        SQLite refuses is retried scrubbed; one refused even then lands in ``failed`` (by ``id`` of its item)."""
+        try:
+            self._transaction([row for row, _ in items])
+            return []
+        except Exception as exc:
+            if _retryable(exc):
+                return items
+        for i, item in enumerate(items):  # one bad row must not take the others with it
+            row = item[0]
+            try:
+                self._transaction([row])
+            except Exception as exc:
+                if _retryable(exc):
+                    return items[i:]
+                try:
+                    self._transaction([_scrub(row)])
+                    logger.warning("%s: record %r had text or numbers SQLite refuses (%s); stored scrubbed",
+                                   self.where, row[0], type(exc).__name__)
+                except Exception as again:
+                    if _retryable(again):
+                        return items[i:]
+                    self.refused += 1
+                    failed[id(item)] = again
+                    logger.error("%s: record %r could not be written (%s: %s); it is kept in memory only",
+                                 self.where, row[0], type(again).__name__, again)
+        return []
+
+    def _transaction(self, rows: list[tuple[Any, ...]]) -> None:
+        db = self.db
+        try:
+            db.execute("BEGIN")
+            db.executemany(_INSERT, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+        self.commits += 1
+
+    def _settle(self, batch: list[_Item], failed: dict[int, BaseException]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], BaseException | None]]] = {}
+        for item in batch:
+            waiter, error = item[1], failed.get(id(item))
+            if waiter is None:
+                continue
             if isinstance(waiter, asyncio.Future):
-                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
+                by_loop.setdefault(waiter.get_loop(), []).append((waiter, error))
             elif waiter.set_running_or_notify_cancel():
                 if error is None:
                     waiter.set_result(None)
@@ -254,13 +366,24 @@ class _Writer(threading.Thread):
                     waiter.set_exception(error)
         for loop, waiters in by_loop.items():  # one wake-up per loop and batch, not one per record
             try:
-                loop.call_soon_threadsafe(_settle, waiters, error)
+                loop.call_soon_threadsafe(_settle, waiters)
             except RuntimeError:
                 pass  # that loop is closed: nobody is waiting any more
 
+    def _flush_at_close(self) -> None:
+        """Closing: rows still waiting for a locked file get ``_CLOSE_PATIENCE_S`` to land."""
+        deadline = time.monotonic() + _CLOSE_PATIENCE_S
+        while self.backlog and time.monotonic() < deadline:
+            self._commit([])
+            if self.backlog:
+                time.sleep(min(self._retry_s, max(0.0, deadline - time.monotonic())))
+        if self.backlog:
+            logger.error("%s stayed locked for %gs at close: %d record(s) were not written to the file",
+                         self.where, _CLOSE_PATIENCE_S, len(self.backlog))
 
-def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
-    for waiter in waiters:
+
+def _settle(waiters: list[tuple[asyncio.Future[None], BaseException | None]]) -> None:
+    for waiter, error in waiters:
         if not waiter.done():  # a cancelled waiter still had its row written
             if error is None:
                 waiter.set_result(None)
@@ -291,11 +414,17 @@ class Ledger:
         self._texts: dict[str, list[str | None]] = {name: [] for name in TEXTS}
         self._total_cost = 0.0
         self._writer: _Writer | None = None
+        self._forked = False  # opened before os.fork() and this is the child: reconnect on the next write
+        self._fork_held: list[threading.Lock] = []
         if self.path is not None:
             db = self._open(self.path)
-            self._writer = _Writer(db)
-            self._writer.start()
-            self._finalizer = weakref.finalize(self, _shutdown, self._writer)
+            self._start_writer(db)
+            _live.add(self)
+
+    def _start_writer(self, db: sqlite3.Connection) -> None:
+        self._writer = _Writer(db, f"ledger {self.path}")
+        self._writer.start()
+        self._finalizer = weakref.finalize(self, _shutdown, self._writer)
 
     @staticmethod
     def default_path() -> Path:
@@ -310,16 +439,15 @@ class Ledger:
     # -- opening -------------------------------------------------------------------------------
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db = _connect(path)
         try:
-            db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA journal_mode = WAL")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA wal_autocheckpoint = 0")  # the writer thread checkpoints, never a caller
-            migrate(db)
             for row in db.execute(_SELECT):
                 self._store(row)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            if _retryable(exc):
+                raise
+            raise _unusable(path, exc) from None
         except BaseException:
             db.close()
             raise
@@ -328,7 +456,9 @@ class Ledger:
     # -- writing -------------------------------------------------------------------------------
 
     async def append(self, record: LedgerRecord) -> None:
-        """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop)."""
+        """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop); if
+        another process holds the file's lock, it returns after one short attempt and the row is written
+        in the background as soon as the file is free."""
         waiter = self._submit(record, asyncio.get_running_loop())
         if isinstance(waiter, asyncio.Future):
             await waiter
@@ -347,10 +477,13 @@ class Ledger:
             if record.request_id in self._ids:
                 raise ValueError(f"request {record.request_id!r} is already in the ledger")
             self._store(row)
+            if self._forked and self.path is not None:  # first write in a forked child: a connection of its own
+                self._forked = False
+                self._start_writer(_connect(self.path))
             writer = self._writer
             if writer is None:
                 return None
-            if loop is not None and writer.queue.empty() and self._commit_inline(writer, row):
+            if loop is not None and writer.queue.empty() and not writer.backlog and self._commit_inline(writer, row):
                 return None  # an idle writer and no burst: committed already
             waiter: _Waiter = Future() if loop is None else loop.create_future()
             writer.queue.put((row, waiter))
@@ -375,13 +508,14 @@ class Ledger:
             db.execute("COMMIT")
             writer.inline_commits += 1
             return True
-        except sqlite3.Error:
+        except Exception:  # locked, or a row SQLite refuses: the writer deals with it
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             return False
         finally:
             try:
-                db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+                db.execute(f"PRAGMA busy_timeout = {_WRITE_BUSY_MS}")
             finally:
                 writer.db_lock.release()
 
@@ -506,6 +640,41 @@ class Ledger:
     def closed(self) -> bool:
         return self._closed
 
+    # -- os.fork() -----------------------------------------------------------------------------
+
+    def _fork_prepare(self) -> None:
+        """Before a fork: hold the locks, so the child inherits idle columns and an idle connection."""
+        held = []
+        if self._lock.acquire(timeout=1.0):
+            held.append(self._lock)
+        writer = self._writer
+        if writer is not None and writer.db_lock.acquire(timeout=1.0):
+            held.append(writer.db_lock)
+        self._fork_held = held
+
+    def _fork_release(self) -> None:
+        held, self._fork_held = self._fork_held, []
+        for lock in reversed(held):
+            lock.release()
+
+    def _fork_child(self) -> None:
+        """In the child: the writer thread is gone and the inherited connection belongs to the parent
+        (SQLite forbids using it across fork). Close it (it is idle) and reconnect on the next write."""
+        writer = self._writer
+        idle = writer is not None and writer.db_lock in self._fork_held
+        self._fork_release()
+        self._lock = threading.Lock()
+        if writer is None:
+            return
+        self._finalizer.detach()
+        self._writer = None
+        self._forked = True
+        if idle:
+            with contextlib.suppress(Exception):
+                writer.db.close()
+        else:  # mid-commit in the parent: never touch it (not even to close it)
+            _inherited.append(writer.db)
+
     def __enter__(self) -> Ledger:
         return self
 
@@ -515,3 +684,63 @@ class Ledger:
     def __repr__(self) -> str:
         where = str(self.path) if self.path is not None else ":memory:"
         return f"<Ledger {where} records={len(self)}>"
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the ledger file at ``path``, migrated; a file that is not a usable SQLite ledger
+    (corrupt, another program's, a folder) is a ``ConfigError`` that says what to do."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise _unusable(path, exc) from None
+    try:
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # the writer thread checkpoints, never a caller
+        migrate(db)
+        db.execute(f"PRAGMA busy_timeout = {_WRITE_BUSY_MS}")
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        if _retryable(exc):
+            raise
+        raise _unusable(path, exc) from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _unusable(path: Path, exc: BaseException) -> ConfigError:
+    if isinstance(exc, OSError) or getattr(exc, "sqlite_errorname", "") == "SQLITE_CANTOPEN":
+        return ConfigError(f"ledger {path}: cannot open or create this file ({exc}); check that its folder "
+                           "is writable and the path is not a folder, or pass ledger= another path (None: memory only)")
+    return ConfigError(f"ledger {path}: not a usable llmkit ledger ({type(exc).__name__}: {exc}); the file is "
+                       "corrupt or belongs to another program. Move it aside (e.g. rename it to "
+                       f"{path.name}.bad) and llmkit starts a new ledger there, or pass ledger= another path")
+
+
+# Ledgers with a file, for the fork hooks: a child gets idle copies and reconnects on its first write.
+_live: weakref.WeakSet[Ledger] = weakref.WeakSet()
+_inherited: list[sqlite3.Connection] = []  # connections a child must never use or close
+
+
+def _before_fork() -> None:
+    for ledger in list(_live):
+        ledger._fork_prepare()
+
+
+def _after_fork_in_parent() -> None:
+    for ledger in list(_live):
+        ledger._fork_release()
+
+
+def _after_fork_in_child() -> None:
+    for ledger in list(_live):
+        ledger._fork_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

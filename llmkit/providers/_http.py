@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 import httpx
 
 from .._errors import ProviderConnectionError, ProviderError, ProviderTimeoutError
-from .._secrets import redact, register_secret
+from .._secrets import redact, register_secret, split_userinfo
 from .._types import RateLimitInfo
 from .base import Provider
 
@@ -292,6 +292,8 @@ class HTTPProvider(Provider):
         self.api_key = config.resolved_api_key()
         register_secret(self.api_key)
         base, _, query = (config.base_url or self.default_base_url).partition("?")
+        # https://user:password@host: sent as Basic auth, kept out of every URL (and so of logs and errors)
+        base, self._credentials = split_userinfo(base)
         self.base_url = base.rstrip("/")
         #: ``?api-version=...`` from ``base_url`` (Azure and gateways): kept on every request.
         self.base_query = query.partition("#")[0]
@@ -340,7 +342,8 @@ class HTTPProvider(Provider):
             # a plain-http server (a local model) never needs TLS; https pools share one TLS context
             verify: Any = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
             sizes = [min(SHARD_CONNECTIONS, n - i) for i in range(0, n, SHARD_CONNECTIONS)]
-            pools = [[httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(None), verify=verify,
+            auth = httpx.BasicAuth(*self._credentials) if self._credentials is not None else None
+            pools = [[httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(None), verify=verify, auth=auth,
                                         limits=httpx.Limits(max_connections=k, max_keepalive_connections=k)), 0]
                      for k in sizes]
             self._pools, self._client_loop = pools, loop
