@@ -121,6 +121,9 @@ class ClientConfig:
     max_events: int = 50_000
     retry_after_cap: float = 60.0
     store_prompts: bool = False
+    cache: Any = None  # the response cache: None/False off (calls may still ask), True, a path, or ":memory:"
+    cache_ttl: float | None = None  # seconds an answer stays usable; None: no expiry
+    cache_max_bytes: int | None = 1 << 30  # stored answers beyond this evict the least recently hit; None: no bound
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +354,21 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         max_events=_positive_int(raw.get("max_events", 50_000), where, "max_events"),
         retry_after_cap=_positive_number(raw.get("retry_after_cap", 60.0), where, "retry_after_cap"),
         store_prompts=bool(raw.get("store_prompts", False)),
+        **_parse_cache(raw, where),
     )
+
+
+def _parse_cache(raw: Mapping[str, Any], where: _Where) -> dict[str, Any]:
+    """The response cache's keys: ``cache`` (bool, a path or ":memory:"), ``cache_ttl``, ``cache_max_bytes``."""
+    cache = raw.get("cache")
+    if cache is not None and not isinstance(cache, (bool, str, os.PathLike)):
+        raise where.error("cache", "true, false, a file path or ':memory:'", cache)
+    if isinstance(cache, str) and not cache.strip():
+        raise where.error("cache", "true, false, a file path or ':memory:'", cache)
+    ttl = raw.get("cache_ttl")
+    max_bytes = raw.get("cache_max_bytes", 1 << 30)
+    return {"cache": cache, "cache_ttl": None if ttl is None else _positive_number(ttl, where, "cache_ttl"),
+            "cache_max_bytes": None if max_bytes is None else _positive_int(max_bytes, where, "cache_max_bytes")}
 
 
 def load_config(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> ClientConfig:

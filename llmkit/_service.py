@@ -22,6 +22,7 @@ from ._events import EventLog
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk, new_session_id
 from ._validate import sane_usage
+from .cache import ResponseCache, replay_chunks
 from .ledger.pricing import Pricer
 from .ledger.store import Ledger, LedgerRecord
 from .providers import create_provider
@@ -35,7 +36,7 @@ class Service:
     """Owns a client's providers and everything that protects, prices and records their calls."""
 
     def __init__(self, config: ClientConfig, clock: Callable[[], float], *, sleep: Sleep | None = None,
-                 wallclock: Callable[[], float] = time.time) -> None:
+                 wallclock: Callable[[], float] = time.time, cache_clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.session_id = new_session_id()
         self.clock = clock
@@ -57,6 +58,7 @@ class Service:
         self._count_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # requests running on the loop, ended by aclose()
         self.closing = False
+        self.cache = ResponseCache(config, self.events, cache_clock or wallclock)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -71,6 +73,9 @@ class Service:
             with self._count_lock:
                 self._submitted -= 1
         t0, started = self.clock(), self.wallclock()
+        hit = None if self.closing else self.cache.lookup(request)
+        if hit is not None:  # answered from the response cache: no provider, budget, limit or breaker
+            return await self._serve_hit(request, *hit, started, t0)
         attempts: list[Attempt] = []
         self.in_flight += 1
         token = None
@@ -82,6 +87,7 @@ class Service:
             response = await self._deadline(request, t0, attempts, self.router.route(
                 request, attempts, self._deadline_at(request, t0), self._rebudget(token, request)))
             self._finish_response(request, response, attempts, t0)
+            self.cache.store(request, response)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0)
@@ -104,6 +110,9 @@ class Service:
         went away) lands at an ``await`` where it can still be recorded.
         """
         t0, started = self.clock(), self.wallclock()
+        hit = None if self.closing else self.cache.lookup(request)
+        if hit is not None:  # replayed from the response cache as chunks
+            return await self._serve_hit(request, *hit, started, t0, emit)
         attempts: list[Attempt] = []
         self.in_flight += 1
         token = None
@@ -125,11 +134,14 @@ class Service:
             finally:
                 with contextlib.suppress(Exception):
                     await agen.aclose()
+            complete = response is not None  # only an answer the adapter finished is cached
             if response is None:  # the adapter ended without a final response: build one
                 content = "".join(texts)
                 response = Response(id=request.id, content=content, provider=slot.name, model=request.model,
                                     usage=estimate_usage(request, content), requested_model=request.model)
             self._finish_response(request, response, attempts, t0)
+            if complete:
+                self.cache.store(request, response)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0, stream=True)
@@ -174,6 +186,26 @@ class Service:
                 slot.breaker.report(exc)
                 raise
         return None
+
+    async def _serve_hit(self, request: Request, response: Response, saved: float, started: float, t0: float,
+                         emit: Callable[[StreamChunk], Awaitable[None]] | None = None) -> Response:
+        """Hand over a cached answer (replayed as chunks to a stream) and record it: cost 0, ``cost_saved_usd``."""
+        task = self._track()
+        try:
+            if emit is not None:
+                for piece in replay_chunks(response.content):
+                    await emit(StreamChunk(text=piece))
+        except BaseException as exc:  # the reader went away, or the client closed
+            closed = self._closed_error(request, exc)
+            await self._record(request, None, closed or exc, [], started, t0, stream=True)
+            if closed is not None:
+                raise closed from None
+            raise
+        finally:
+            self._tasks.discard(task)
+        response.latency_s = self.clock() - t0
+        await self._record(request, response, None, [], started, t0, stream=emit is not None, saved=saved)
+        return response
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -251,7 +283,8 @@ class Service:
         response.cost_usd = None if cost is None else float(cost)
 
     async def _record(self, request: Request, response: Response | None, exc: BaseException | None,
-                      attempts: list[Attempt], started: float, t0: float, stream: bool = False) -> None:
+                      attempts: list[Attempt], started: float, t0: float, stream: bool = False,
+                      saved: float = 0.0) -> None:
         now = self.wallclock()
         if response is not None:
             u = response.usage
@@ -263,7 +296,7 @@ class Service:
                 reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
                 latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
                 priority=request.priority, metadata=request.metadata or None, prompt=self._prompt(request),
-                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect,
+                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect, cost_saved_usd=saved,
             )
         else:
             last = attempts[-1] if attempts else None
@@ -325,4 +358,5 @@ class Service:
                 await provider.aclose()
             except Exception as err:  # closing must not fail because one provider did
                 logger.warning("closing provider %s: %s", provider.name, err)
+        await asyncio.get_running_loop().run_in_executor(None, self.cache.close)
         await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)

@@ -93,6 +93,7 @@ class Request:
     provider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_request_id)
+    cache: bool | str | None = None  # the call's cache=True | False | "refresh"; None: the client's default
 
 
 @dataclass(slots=True)
