@@ -295,6 +295,9 @@ _TOUCH_FLUSH_S = 1.0  # last-hit times reach the file at most this late
 _EVICT_TO = 0.9  # eviction frees down to this share of the bound, so it runs once per many stores
 
 
+_NOT_PENDING = Entry(b"", 0.0)  # a marker: nothing pending for that key
+
+
 class CacheUnavailable(Exception):
     """The cache file cannot be used (not a database, a newer schema, no permission)."""
 
@@ -314,7 +317,7 @@ class SQLiteCache:
         self.users = 0
         self.closed = False
         self.listeners: list[Callable[[str], None]] = []  # told about background write failures
-        self._pending: dict[bytes, Entry] = {}  # stored, not yet committed: visible to lookups at once
+        self._pending: dict[bytes, Entry | None] = {}  # not yet committed, visible at once (None: discarded)
         self._touches: dict[bytes, float] = {}  # last-hit times not yet written
         self._state_lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -359,8 +362,10 @@ class SQLiteCache:
 
     def lookup(self, key: str, now: float) -> Entry | None:
         raw = bytes.fromhex(key)
-        entry = self._pending.get(raw)
+        entry = self._pending.get(raw, _NOT_PENDING)
         if entry is None:
+            return None
+        if entry is _NOT_PENDING:
             with self._read_lock:
                 row = self._reader.execute(_LOOKUP, (raw,)).fetchone()
             if row is None:
@@ -382,7 +387,7 @@ class SQLiteCache:
         raw = bytes.fromhex(key)
         with self._state_lock:
             self._check_open()
-            self._pending.pop(raw, None)
+            self._pending[raw] = None
             self._ops.put(("discard", raw))
 
     def clear(self) -> None:
@@ -486,7 +491,10 @@ class SQLiteCache:
         finally:
             with self._state_lock:
                 for op in writes:
-                    if op[0] == "put" and self._pending.get(op[1]) is op[2]:
+                    if op[0] == "clear":
+                        continue
+                    written = op[2] if op[0] == "put" else None  # unless a newer op replaced it
+                    if op[1] in self._pending and self._pending[op[1]] is written:
                         del self._pending[op[1]]
             for done in syncs:
                 done.set_result(None)
