@@ -36,6 +36,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -75,11 +76,14 @@ def check_mode(value: Any) -> bool | str | None:
 
 def _canonical(value: Any) -> Any:
     """``value`` with stable numbers: an integral float becomes an int (``1.0`` -> ``1``, ``-0.0`` -> ``0``)."""
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # the common cases first: this runs per call
+        return value
+    if kind is float:
         return int(value) if value.is_integer() else value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if kind is list or kind is tuple:
         return [_canonical(v) for v in value]
     return value
 
@@ -147,11 +151,13 @@ def decode_response(payload: bytes, request: Request) -> tuple[Response, float |
         if not (isinstance(content, str) and isinstance(provider, str) and isinstance(model, str)):
             raise BadEntry("content, provider or model is not text")
         counts = doc["usage"]
-        if (not isinstance(counts, list) or len(counts) != len(_USAGE_FIELDS) + 2
-                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts[:-2])):
+        if type(counts) is not list or len(counts) != 7:
             raise BadEntry("bad usage")
-        usage = Usage(**dict(zip(_USAGE_FIELDS, counts, strict=False)), estimated=bool(counts[-2]),
-                      suspect=bool(counts[-1]))
+        inp, out, read, write, reasoning, estimated, suspect = counts
+        for count in (inp, out, read, write, reasoning):
+            if type(count) is not int or count < 0:
+                raise BadEntry("bad usage")
+        usage = Usage(inp, out, read, write, reasoning, bool(estimated), bool(suspect))
         cost = doc.get("cost_usd")
         if cost is not None and (not isinstance(cost, (int, float)) or not math.isfinite(cost) or cost < 0):
             raise BadEntry("bad cost")
@@ -292,6 +298,8 @@ _BUSY_TIMEOUT_MS = 10_000  # the writer thread waits for other processes' writes
 _READ_BUSY_TIMEOUT_MS = 20  # a read never stalls the event loop longer: past it, a miss
 _BATCH = 512
 _TOUCH_FLUSH_S = 1.0  # last-hit times reach the file at most this late
+_BATCH_WINDOW_S = 0.02  # a store waits this long for others to share its commit (same-process reads see it at once)
+_CHECKPOINT_EVERY = 1000  # commits between checkpoints while the writer is never idle
 _EVICT_TO = 0.9  # eviction frees down to this share of the bound, so it runs once per many stores
 
 
@@ -320,6 +328,8 @@ class SQLiteCache:
         self._pending: dict[bytes, Entry | None] = {}  # not yet committed, visible at once (None: discarded)
         self._touches: dict[bytes, float] = {}  # last-hit times not yet written
         self._state_lock = threading.Lock()
+        self._db_lock = threading.Lock()  # one user of the writing connection at a time
+        self._commits = 0  # since the last checkpoint
         self._read_lock = threading.Lock()
         self._ops: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         try:
@@ -343,6 +353,7 @@ class SQLiteCache:
         """WAL, and the schema: created once, checked in O(1) afterwards (never a scan of the entries)."""
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA wal_autocheckpoint = 0")  # the writer thread checkpoints, never a caller
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
@@ -437,9 +448,11 @@ class SQLiteCache:
                 except queue.Empty:
                     if self._touches:
                         self._apply(db, [])
+                    self._checkpoint(db, idle=True)
                     continue
                 batch: list[tuple[Any, ...]] = []
                 stop = False
+                window_ends = time.monotonic() + _BATCH_WINDOW_S
                 while True:
                     if op is None:
                         stop = True
@@ -447,15 +460,28 @@ class SQLiteCache:
                     batch.append(op)
                     if len(batch) >= _BATCH:
                         break
-                    try:
-                        op = self._ops.get_nowait()
+                    wait = 0.0 if op[0] in ("sync", "clear") else window_ends - time.monotonic()
+                    try:  # stores wait a moment for company: one commit for several (a flush waits for none)
+                        op = self._ops.get(timeout=wait) if wait > 0 else self._ops.get_nowait()
                     except queue.Empty:
                         break
                 self._apply(db, batch)
+                self._checkpoint(db, idle=stop)
                 if stop:
                     break
         finally:
-            db.close()
+            with self._db_lock:
+                db.close()
+
+    def _checkpoint(self, db: sqlite3.Connection, idle: bool) -> None:
+        """Fold the WAL back into the file here, off the event loop (automatic checkpoints are off)."""
+        if self._commits and (idle or self._commits >= _CHECKPOINT_EVERY):
+            with self._db_lock:
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    return  # another process is busy with the file: next time
+                self._commits = 0
 
     def _apply(self, db: sqlite3.Connection, batch: list[tuple[Any, ...]]) -> None:
         """One transaction: the batch's writes in order, the last-hit times, then eviction past the bound."""
@@ -463,7 +489,8 @@ class SQLiteCache:
             touches, self._touches = self._touches, {}
         syncs = [op[1] for op in batch if op[0] == "sync"]
         writes = [op for op in batch if op[0] != "sync"]
-        bounds = [op[3] for op in writes if op[0] == "put" and op[3] is not None]
+        bounds = [op[-1] for op in writes if op[0] in ("put", "evict") and op[-1] is not None]
+        self._db_lock.acquire()
         try:
             if writes or touches:
                 db.execute("BEGIN IMMEDIATE")
@@ -481,6 +508,7 @@ class SQLiteCache:
                 if bounds:
                     self._evict(db, min(bounds))
                 db.execute("COMMIT")
+                self._commits += 1
         except Exception as exc:  # locked past the busy timeout, disk full, a damaged file: never fatal
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -489,9 +517,10 @@ class SQLiteCache:
             for listener in list(self.listeners):
                 listener(message)
         finally:
+            self._db_lock.release()
             with self._state_lock:
                 for op in writes:
-                    if op[0] == "clear":
+                    if op[0] in ("clear", "evict"):
                         continue
                     written = op[2] if op[0] == "put" else None  # unless a newer op replaced it
                     if op[1] in self._pending and self._pending[op[1]] is written:
