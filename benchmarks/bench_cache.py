@@ -92,10 +92,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         assert all(clients["memory ledger"].completion(MODEL, MESSAGES).cached for _ in range(3))
 
         lookups = lookup_on_miss(clients["memory ledger"], rounds * per_round)
-        hits_per_s = concurrent_hits(clients["memory ledger"], 50, 2_000 if args.quick else args.hits)
-        hits_per_s_sqlite = concurrent_hits(clients["SQLite ledger"], 50, 2_000 if args.quick else args.hits)
+        n_hits = 2_000 if args.quick else args.hits
+        mock = llmkit.Client([{"name": "mock", "adapter": "mock"}], ledger=None, cache=Path(tmp) / "c.sqlite3",
+                             health_interval=None)
+        mock.completion(MODEL, MESSAGES)
+        hits_per_s = concurrent_calls(clients["memory ledger"], 50, n_hits, hit=True)
+        hits_per_s_sqlite = concurrent_calls(clients["SQLite ledger"], 50, n_hits, hit=True)
+        pipeline_per_s = concurrent_calls(mock, 50, n_hits, hit=False)
         info = clients["memory ledger"].cache_info()
-        for c in clients.values():
+        for c in [*clients.values(), mock]:
             c.close()
         files = {n: big_file(Path(tmp) / f"big-{n}.sqlite3", n) for n in (entries_small, entries_big)}
 
@@ -106,9 +111,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     look = summarize(lookups)
     print(f"\nlookup alone on a miss (key + SQLite read, on the client's loop): p50 {us(look['p50'])}, "
           f"p95 {us(look['p95'])} over {look['n']} lookups")
-    for label, res in (("memory ledger", hits_per_s), ("SQLite ledger", hits_per_s_sqlite)):
-        print(f"hits/s, 50 concurrent acompletion callers ({label}): {res['rps']:,.0f} "
-              f"({res['requests']} hits in {res['seconds']:.2f} s, p50 {us(res['p50'])})")
+    print()
+    print(table(["50 concurrent acompletion callers", "calls", "per second", "p50", "CPU/call"],
+                [[label, res["requests"], f"{res['rps']:,.0f}", us(res["p50"]), us(res["cpu_per_request"])]
+                 for label, res in (("hits (memory ledger)", hits_per_s), ("hits (SQLite ledger)", hits_per_s_sqlite),
+                                    ("reference: mock pipeline, cache off, no HTTP", pipeline_per_s))]))
+    print("CPU/call: this process's CPU time (all threads) per call, steadier than wall time on a busy machine.")
     print(f"cache after the run: {info['entries']} entries, {info['size_bytes']:,} bytes of answers")
     print()
     print(table(["entries", "file size", "bytes/entry", "open + first lookup", "info()"],
@@ -137,6 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       big["open_s"] < max(5 * small["open_s"], 0.005)))
     print_goals(goals)
     return {"benchmark": "cache", "machine": machine(), "stats": stats, "lookup": look, "hits_per_s": hits_per_s,
+            "pipeline_per_s": pipeline_per_s,
             "hits_per_s_sqlite": hits_per_s_sqlite, "files": {str(k): v for k, v in files.items()}, "goals": goals}
 
 
@@ -158,12 +167,15 @@ def lookup_on_miss(client: Any, n: int) -> list[float]:
     return client._loop.run(go())  # type: ignore[no-any-return]
 
 
-def concurrent_hits(client: Any, concurrency: int, n: int) -> dict[str, Any]:
+def concurrent_calls(client: Any, concurrency: int, n: int, hit: bool) -> dict[str, Any]:
+    """``n`` calls of one question by ``concurrency`` callers: all hits, or all sent (``cache=False``)."""
     from _common import concurrent
 
+    options = {} if hit else {"cache": False}  # the clients cache by default
+
     async def call() -> None:
-        resp = await client.acompletion(MODEL, MESSAGES)
-        assert resp.cached
+        resp = await client.acompletion(MODEL, MESSAGES, **options)
+        assert resp.cached is hit
 
     async def go() -> dict[str, Any]:
         await concurrent(call, concurrency, min(n, 500))  # warm up

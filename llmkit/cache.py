@@ -13,8 +13,9 @@ Three parts, top to bottom:
   methods; ``open_backend`` is where it would be chosen.
 - ``SQLiteCache`` (one file, WAL; several processes and threads at once) and ``MemoryCache`` (``":memory:"``).
 
-The key (``cache_key``) is the SHA-256 of a canonical JSON document (sorted keys, no spaces, UTF-8; a
-float with an integral value written as the integer, so ``1.0`` and ``1`` agree) holding the requested
+The key (``cache_key``) is the SHA-256 of a canonical JSON document (sorted keys, no spaces, UTF-8; in
+the extra arguments a float with an integral value is written as the integer, so ``top_p=1.0`` and
+``top_p=1`` agree; ``temperature`` is always a float) holding the requested
 model, the messages, ``temperature``, ``max_tokens``, every extra argument of the call (``response_format``
 and so a ``response_model``'s schema, ``tools``, ``tool_choice``, ``seed``, ``stop``, ``top_p``, provider
 extras, ...) and the pinned ``provider`` when one is given. Never ``priority``, ``metadata``, ``timeout``,
@@ -93,14 +94,14 @@ def key_document(request: Request) -> bytes:
     doc: dict[str, Any] = {
         "v": KEY_VERSION,
         "model": request.model,
-        "messages": request.messages,
+        "messages": request.messages,  # as sent: text, not numbers (``temperature`` is a float already)
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
-        "extra": request.extra,
+        "extra": _canonical(request.extra) if request.extra else {},
     }
     if request.provider is not None:
         doc["provider"] = request.provider
-    return json.dumps(_canonical(doc), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False).encode("utf-8")
 
 
