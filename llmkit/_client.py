@@ -83,9 +83,11 @@ class Client:
     ``ProviderConfig``; ``fallbacks``: model -> equivalent models; ``ledger``: a SQLite path,
     ``"default"`` (the user's data folder) or ``None`` (memory only); ``budget_usd`` with
     ``budget_period`` ("day", "month" or "total"); ``timeout``: the overall deadline of a request.
+    ``cache``: the response cache (``True``, a file path or ``":memory:"``; see ``cache_info``), with
+    ``cache_ttl`` and ``cache_max_bytes``.
 
     For tests and simulations: ``sleep`` (an async callable) replaces the waits of retries and server
-    pauses, ``clock`` the clock of breakers and health, ``loop_factory`` the private event loop
+    pauses, ``clock`` the clock of breakers, health and cache expiry, ``loop_factory`` the private event loop
     (``llmkit.testing.VirtualTimeLoop`` makes time-driven behaviour instant).
     """
 
