@@ -361,8 +361,9 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
 def _parse_cache(raw: Mapping[str, Any], where: _Where) -> dict[str, Any]:
     """The response cache's keys: ``cache`` (bool, a path or ":memory:"), ``cache_ttl``, ``cache_max_bytes``."""
     cache = raw.get("cache")
-    if cache is not None and not isinstance(cache, (bool, str, os.PathLike)):
-        raise where.error("cache", "true, false, a file path or ':memory:'", cache)
+    backend = callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None))
+    if cache is not None and not isinstance(cache, (bool, str, os.PathLike)) and not backend:
+        raise where.error("cache", "true, false, a file path, ':memory:' or a cache backend", cache)
     if isinstance(cache, str) and not cache.strip():
         raise where.error("cache", "true, false, a file path or ':memory:'", cache)
     ttl = raw.get("cache_ttl")

@@ -555,9 +555,12 @@ _backends: dict[tuple[int, str], SQLiteCache] = {}
 _backends_lock = threading.Lock()
 
 
-def open_backend(location: str | os.PathLike[str]) -> CacheBackend:
-    """The backend for ``location``: ``":memory:"`` (a new ``MemoryCache``) or a SQLite file, opened once per
-    process and shared by every client naming it. Raises ``CacheUnavailable``."""
+def open_backend(location: str | os.PathLike[str] | CacheBackend) -> CacheBackend:
+    """The backend for ``location``: ``":memory:"`` (a new ``MemoryCache``), a SQLite file (opened once per
+    process and shared by every client naming it), or a backend object of the caller's (used as it is, and
+    never closed by llmkit). Raises ``CacheUnavailable``."""
+    if not isinstance(location, (str, os.PathLike)):
+        return _Borrowed(location)
     if os.fspath(location) == ":memory:":
         return MemoryCache()
     path = Path(os.path.abspath(Path(location).expanduser()))
@@ -610,6 +613,32 @@ class _Shared:
             backend.close()
 
 
+class _Borrowed:
+    """A backend the user passed in (``Client(cache=MyBackend())``): every call goes to it; closing is theirs."""
+
+    def __init__(self, backend: CacheBackend) -> None:
+        self.backend = backend
+        self.location = str(getattr(backend, "location", type(backend).__name__))
+
+    def lookup(self, key: str, now: float) -> Entry | None:
+        return self.backend.lookup(key, now)
+
+    def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
+        self.backend.store(key, entry, ttl=ttl, max_bytes=max_bytes)
+
+    def discard(self, key: str) -> None:
+        self.backend.discard(key)
+
+    def clear(self) -> None:
+        self.backend.clear()
+
+    def info(self) -> dict[str, Any]:
+        return self.backend.info()
+
+    def close(self) -> None:
+        pass
+
+
 def remove_files(path: Path) -> None:
     """Delete a cache file and its WAL companions (a file that is not a database, before starting afresh)."""
     for suffix in ("", "-wal", "-shm"):
@@ -638,8 +667,8 @@ class ResponseCache:
     def __init__(self, config: ClientConfig, events: EventLog, clock: Callable[[], float]) -> None:
         setting = getattr(config, "cache", None)
         self.default_on = setting not in (None, False)
-        self.location: str | os.PathLike[str] = (
-            setting if isinstance(setting, (str, os.PathLike)) else default_location(config.ledger))
+        self.location: str | os.PathLike[str] | CacheBackend = (
+            default_location(config.ledger) if setting in (None, True, False) else setting)
         self.ttl: float | None = getattr(config, "cache_ttl", None)
         self.max_bytes: int | None = getattr(config, "cache_max_bytes", DEFAULT_MAX_BYTES)
         self.events = events
@@ -738,14 +767,14 @@ class ResponseCache:
             except Exception as exc:
                 self.warn(f"the response cache {backend.location} could not be read ({redact(str(exc))})", None)
         return {"hits": self.hits, "misses": self.misses, "entries": entries, "size_bytes": size,
-                "saved_usd": round(self.saved_usd, 12), "path": os.fspath(self.location)}
+                "saved_usd": round(self.saved_usd, 12), "path": self._where()}
 
     def clear(self) -> None:
         """Remove every entry of the cache (for every client on the file) and reset this client's counts.
 
         A file that is not a usable cache is deleted and started afresh."""
         with self._open_lock:
-            if self._broken is not None and os.fspath(self.location) != ":memory:":
+            if self._broken is not None and isinstance(self.location, (str, os.PathLike)):
                 remove_files(Path(self.location).expanduser())
                 self._broken = None
                 self._warned.clear()
@@ -781,6 +810,12 @@ class ResponseCache:
                     if listeners is not None:
                         listeners.append(lambda message: self.warn(message, None))
             return self._backend
+
+    def _where(self) -> str:
+        location = self.location
+        if isinstance(location, (str, os.PathLike)):
+            return os.fspath(location)
+        return str(getattr(location, "location", type(location).__name__))
 
     def warn(self, message: str, request_id: str | None) -> None:
         """A ``cache_warning`` event (and a log line), once per distinct message."""

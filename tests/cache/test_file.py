@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import llmkit
-from llmkit.cache import Entry, SQLiteCache, open_backend
+from llmkit.cache import Entry, MemoryCache, SQLiteCache, open_backend
 
 from ..conftest import FakeTime
 from .conftest import MODEL, MSG, PRICED, mock_client
@@ -206,3 +206,33 @@ def test_one_file_is_opened_once_per_process(tmp_path: Path) -> None:
     c = open_backend(tmp_path / "c.sqlite3")
     assert c.backend is not shared  # type: ignore[attr-defined]
     c.close()
+
+
+class CountingBackend(MemoryCache):
+    """A backend of the user's own: any object with the six methods (a shared store, say) plugs in."""
+
+    location = "counting"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stores = 0
+        self.closed = False
+
+    def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
+        self.stores += 1
+        super().store(key, entry, ttl=ttl, max_bytes=max_bytes)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_backend_object_of_ones_own() -> None:
+    backend = CountingBackend()
+    with mock_client(backend) as a:  # type: ignore[arg-type]
+        a.completion(MODEL, MSG)
+    with mock_client(backend) as b:  # type: ignore[arg-type]
+        assert b.completion(MODEL, MSG).cached
+        assert b.cache_info()["path"] == "counting" and b.cache_info()["entries"] == 1
+    assert backend.stores == 1 and backend.closed is False  # the user's object: llmkit never closes it
+    with pytest.raises(llmkit.ConfigError, match="cache backend"):
+        mock_client(object())  # type: ignore[arg-type]
