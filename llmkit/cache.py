@@ -681,6 +681,7 @@ class ResponseCache:
         self._open_lock = threading.Lock()
         self._warned: set[str] = set()
         self._closed = False
+        self._pid = os.getpid()
 
     # -- per request ---------------------------------------------------------------------------
 
@@ -795,6 +796,8 @@ class ResponseCache:
 
     def _open(self) -> CacheBackend | None:
         backend = self._backend
+        if self._pid != os.getpid():  # a forked child: the parent's connections and writer thread are not ours
+            self._pid, self._backend, backend = os.getpid(), None, None
         if backend is not None or self._broken is not None:
             return backend
         with self._open_lock:

@@ -236,3 +236,35 @@ def test_a_backend_object_of_ones_own() -> None:
     assert backend.stores == 1 and backend.closed is False  # the user's object: llmkit never closes it
     with pytest.raises(llmkit.ConfigError, match="cache backend"):
         mock_client(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.timeout(60)
+def test_a_forked_child_opens_the_file_afresh(cache_path: Path) -> None:
+    from llmkit._config import parse_client_config
+    from llmkit._events import EventLog
+    from llmkit._types import Response
+    from llmkit._validate import build_request
+    from llmkit.cache import ResponseCache
+
+    config = parse_client_config({"providers": [], "cache": str(cache_path), "ledger": None})
+    cache = ResponseCache(config, EventLog(), lambda: 1.0)
+    request = build_request(MODEL, MSG)
+    cache.store(request, Response(id=request.id, content="from the parent", provider="m", model=MODEL))
+    assert cache.info()["entries"] == 1  # opened and committed in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: must not use the parent's connections or its (absent) writer thread
+        code = 1
+        try:
+            hit = cache.lookup(build_request(MODEL, MSG))
+            other = build_request(MODEL, [{"role": "user", "content": "asked in the child"}])
+            cache.store(other, Response(id=other.id, content="from the child", provider="m", model=MODEL))
+            cache.close()
+            code = 0 if hit is not None and hit[0].content == "from the parent" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    found = cache.lookup(build_request(MODEL, [{"role": "user", "content": "asked in the child"}]))
+    cache.close()
+    assert found is not None and found[0].content == "from the child"
