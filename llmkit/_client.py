@@ -20,6 +20,7 @@ from ._loop import LoopFactory, LoopThread, fork_generation, shared_loop
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import Request, Response
 from ._validate import build_request
+from .cache import with_mode
 from .monitor import Monitor
 
 if TYPE_CHECKING:
@@ -78,9 +79,11 @@ class Client:
     ``ProviderConfig``; ``fallbacks``: model -> equivalent models; ``ledger``: a SQLite path,
     ``"default"`` (the user's data folder) or ``None`` (memory only); ``budget_usd`` with
     ``budget_period`` ("day", "month" or "total"); ``timeout``: the overall deadline of a request.
+    ``cache``: the response cache (``True``, a file path or ``":memory:"``; see ``cache_info``), with
+    ``cache_ttl`` and ``cache_max_bytes``.
 
     For tests and simulations: ``sleep`` (an async callable) replaces the waits of retries and server
-    pauses, ``clock`` the clock of breakers and health, ``loop_factory`` the private event loop
+    pauses, ``clock`` the clock of breakers, health and cache expiry, ``loop_factory`` the private event loop
     (``llmkit.testing.VirtualTimeLoop`` makes time-driven behaviour instant).
     """
 
@@ -144,7 +147,7 @@ class Client:
     async def _build(self, sleep: Any, clock: Any) -> Service:
         from ._service import Service
 
-        service = Service(self.config, clock or asyncio.get_running_loop().time, sleep=sleep)
+        service = Service(self.config, clock or asyncio.get_running_loop().time, sleep=sleep, cache_clock=clock)
         service.start()
         return service
 
@@ -160,11 +163,12 @@ class Client:
 
     def _request(self, model: Any, messages: Any, _stream: bool = False, **kwargs: Any) -> Request:
         self._check_open()
+        cache = kwargs.pop("cache", None)
         named = {k: kwargs.pop(k) for k in ("temperature", "max_tokens", "timeout", "priority", "metadata",
                                               "provider") if k in kwargs}
         request = build_request(model, messages, stream=_stream, extra=kwargs, **named)
         self._service.router.candidates(request.model, request.provider)  # NoProviderError before any I/O
-        return request
+        return request if cache is None else with_mode(request, cache)
 
     def completion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
         """Send one chat completion and wait for it. Raises the request's typed error."""
@@ -290,6 +294,15 @@ class Client:
             if isinstance(status.get(key), float):
                 status[key] = round(status[key], 12)
         return status
+
+    def cache_info(self) -> dict[str, Any]:
+        """The response cache: ``hits``, ``misses`` and ``saved_usd`` (this client's), ``entries`` and
+        ``size_bytes`` (the whole file, shared with other clients), and its ``path``."""
+        return self._service.cache.info()
+
+    def clear_cache(self) -> None:
+        """Empty the response cache (for every client on its file) and reset this client's hit counts."""
+        self._service.cache.clear()
 
     def queue_depth(self) -> int:
         """Requests waiting right now: queued by ``completion_async`` and not started, or waiting for a

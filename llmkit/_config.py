@@ -127,6 +127,9 @@ class ClientConfig:
     retry_after_cap: float = 60.0
     store_prompts: bool = False
     max_validation_retries: int = 2  # structured output: failed validations asked again (llmkit.structured)
+    cache: Any = None  # the response cache: None/False off (calls may ask), True, a path, ":memory:", a backend
+    cache_ttl: float | None = None  # seconds an answer stays usable; None: no expiry
+    cache_max_bytes: int | None = 1 << 30  # stored answers beyond this evict the least recently hit; None: no bound
 
 
 # ----------------------------------------------------------------------------------------------
@@ -366,7 +369,23 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         store_prompts=bool(raw.get("store_prompts", False)),
         max_validation_retries=_positive_int(raw.get("max_validation_retries", 2), where, "max_validation_retries",
                                              zero_ok=True),
+        **_parse_cache(raw, where),
     )
+
+
+def _parse_cache(raw: Mapping[str, Any], where: _Where) -> dict[str, Any]:
+    """The response cache's keys: ``cache`` (bool, a path, ":memory:" or a backend object), ``cache_ttl``,
+    ``cache_max_bytes``."""
+    cache = raw.get("cache")
+    backend = callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None))
+    if cache is not None and not isinstance(cache, (bool, str, os.PathLike)) and not backend:
+        raise where.error("cache", "true, false, a file path, ':memory:' or a cache backend", cache)
+    if isinstance(cache, str) and not cache.strip():
+        raise where.error("cache", "true, false, a file path, ':memory:' or a cache backend", cache)
+    ttl = raw.get("cache_ttl")
+    max_bytes = raw.get("cache_max_bytes", 1 << 30)
+    return {"cache": cache, "cache_ttl": None if ttl is None else _positive_number(ttl, where, "cache_ttl"),
+            "cache_max_bytes": None if max_bytes is None else _positive_int(max_bytes, where, "cache_max_bytes")}
 
 
 def load_config(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> ClientConfig:

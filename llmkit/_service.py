@@ -24,6 +24,7 @@ from ._events import EventLog
 from ._secrets import logger, redact
 from ._types import Attempt, Request, Response, StreamChunk, new_session_id
 from ._validate import sane_usage
+from .cache import ResponseCache, replay_chunks
 from .ledger.pricing import Pricer
 from .ledger.store import Ledger, LedgerRecord
 from .providers import create_provider
@@ -37,7 +38,7 @@ class Service:
     """Owns a client's providers and everything that protects, prices and records their calls."""
 
     def __init__(self, config: ClientConfig, clock: Callable[[], float], *, sleep: Sleep | None = None,
-                 wallclock: Callable[[], float] = time.time) -> None:
+                 wallclock: Callable[[], float] = time.time, cache_clock: Callable[[], float] | None = None) -> None:
         self.config = config
         self.session_id = new_session_id()
         self.clock = clock
@@ -59,6 +60,7 @@ class Service:
         self._count_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # requests running on the loop, ended by aclose()
         self.closing = False
+        self.cache = ResponseCache(config, self.events, cache_clock or wallclock)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -73,6 +75,9 @@ class Service:
             with self._count_lock:
                 self._submitted -= 1
         t0, started = self.clock(), self.wallclock()
+        hit = None if self.closing else self.cache.lookup(request)
+        if hit is not None:  # answered from the response cache: no provider, budget, limit or breaker
+            return await self._serve_hit(request, *hit, started, t0)
         attempts: list[Attempt] = []
         self.in_flight += 1
         token = None
@@ -86,6 +91,7 @@ class Service:
                 request, lambda req: self.router.route(req, attempts, deadline, rebudget),
                 lambda resp: self._finish_response(request, resp, attempts, t0), self.config.max_validation_retries,
                 lambda n, errors: self._note_retry(request, n, errors)))
+            self.cache.store(request, response)  # validated answers only
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0)
@@ -108,6 +114,9 @@ class Service:
         went away) lands at an ``await`` where it can still be recorded.
         """
         t0, started = self.clock(), self.wallclock()
+        hit = None if self.closing else self.cache.lookup(request)
+        if hit is not None:  # replayed from the response cache as chunks
+            return await self._serve_hit(request, *hit, started, t0, emit)
         attempts: list[Attempt] = []
         self.in_flight += 1
         token = None
@@ -130,12 +139,15 @@ class Service:
             finally:
                 with contextlib.suppress(Exception):
                     await agen.aclose()
+            complete = response is not None  # only an answer the adapter finished is cached
             if response is None:  # the adapter ended without a final response: build one
                 content = "".join(texts)
                 response = Response(id=request.id, content=content, provider=slot.name, model=request.model,
                                     usage=estimate_usage(request, content), requested_model=request.model)
             self._finish_response(request, response, attempts, t0)
             structured.finish_stream(request, response)
+            if complete:
+                self.cache.store(request, response)
         except BaseException as exc:
             closed = self._closed_error(request, exc)
             if closed is None and isinstance(exc, asyncio.CancelledError) and slot is not None:
@@ -188,6 +200,27 @@ class Service:
                 slot.breaker.report(exc)
                 raise
         return None
+
+    async def _serve_hit(self, request: Request, response: Response, saved: float, started: float, t0: float,
+                         emit: Callable[[StreamChunk], Awaitable[None]] | None = None) -> Response:
+        """Hand over a cached answer (replayed as chunks to a stream) and record it: cost 0, ``cost_saved_usd``."""
+        task = self._track()
+        try:
+            if emit is not None:
+                for piece in replay_chunks(response.content):
+                    await emit(StreamChunk(text=piece))
+        except BaseException as exc:  # the reader went away, or the client closed
+            closed = self._closed_error(request, exc)
+            await self._record(request, None, closed or exc, [], started, t0, stream=True)
+            if closed is not None:
+                raise closed from None
+            raise
+        finally:
+            self._tasks.discard(task)
+        response.latency_s = self.clock() - t0
+        structured.apply(request, response)  # ``parsed`` for a response_model / schema (stored answers validated)
+        await self._record(request, response, None, [], started, t0, stream=emit is not None, saved=saved)
+        return response
 
     # -- pieces --------------------------------------------------------------------------------
 
@@ -276,7 +309,7 @@ class Service:
 
     async def _record(self, request: Request, response: Response | None, exc: BaseException | None,
                       attempts: list[Attempt], started: float, t0: float, stream: bool = False,
-                      status: str = "ok") -> None:
+                      status: str = "ok", saved: float = 0.0) -> None:
         now = self.wallclock()
         if response is not None:
             u = response.usage
@@ -291,7 +324,7 @@ class Service:
                 reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
                 latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
                 priority=request.priority, metadata=request.metadata or None, prompt=self._prompt(request),
-                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect,
+                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect, cost_saved_usd=saved,
             )
         else:
             last = attempts[-1] if attempts else None
@@ -358,6 +391,7 @@ class Service:
                 await provider.aclose()
             except Exception as err:  # closing must not fail because one provider did
                 logger.warning("closing provider %s: %s", provider.name, err)
+        await asyncio.get_running_loop().run_in_executor(None, self.cache.close)
         await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)
 
 
@@ -370,6 +404,8 @@ def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:
         record, provider=response.provider, model=response.model, input_tokens=u.input_tokens,
         output_tokens=u.output_tokens, cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
         reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd)
+
+
 def _cancelled_message(request: Request, stream: bool) -> str:
     """The ledger's note on a request its caller cancelled (a cancelled task or gather, ``cancel(id)``,
     a stream whose reader stopped)."""

@@ -108,6 +108,7 @@ class Request:
     # is in ``extra["response_format"]``), and how often a failed validation is asked again (None: the config's)
     response_model: Any = field(default=None, repr=False, compare=False)
     max_validation_retries: int | None = field(default=None, repr=False, compare=False)
+    cache: bool | str | None = None  # the call's cache=True | False | "refresh"; None: the client's default
 
 
 @dataclass(slots=True)

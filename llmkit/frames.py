@@ -72,6 +72,8 @@ SUMMARY_COLUMNS: dict[str, Any] = {
     "cache_write_tokens": "int64",
     "cost_usd": "float64",
     "unpriced_requests": "int64",
+    "cached_requests": "int64",  # answered from the response cache (at $0)
+    "cost_saved_usd": "float64",  # what those answers cost when they were first asked
 }
 
 HEALTH_COLUMNS: dict[str, Any] = {
@@ -177,7 +179,8 @@ def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "m
     frame = pd.DataFrame({key: _group_key(usage, key) for key in keys})
     frame["_error"] = (usage["status"] == "error").to_numpy()
     frame["_unpriced"] = (~usage["priced"] & (usage["status"] == "ok")).to_numpy()
-    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd"):
+    for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "cost_usd", "cached",
+                 "cost_saved_usd"):
         frame[name] = usage[name]
     grouped = frame.groupby(keys, observed=True, dropna=False, sort=True)
     out = pd.DataFrame({
@@ -189,6 +192,8 @@ def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "m
         "cache_write_tokens": grouped["cache_write_tokens"].sum(),
         "cost_usd": grouped["cost_usd"].sum(min_count=1),
         "unpriced_requests": grouped["_unpriced"].sum(),
+        "cached_requests": grouped["cached"].sum(),
+        "cost_saved_usd": grouped["cost_saved_usd"].sum(),
     }).reset_index()
     return out.astype(SUMMARY_COLUMNS)
 

@@ -93,7 +93,8 @@ def test_usage_frame_values(ledger: Ledger) -> None:
 def test_cost_summary_by_provider_and_model(ledger: Ledger) -> None:
     s = frames.cost_summary_frame(ledger)
     assert list(s.columns) == ["provider", "model", "requests", "errors", "input_tokens", "output_tokens",
-                               "cache_read_tokens", "cache_write_tokens", "cost_usd", "unpriced_requests"]
+                               "cache_read_tokens", "cache_write_tokens", "cost_usd", "unpriced_requests",
+                               "cached_requests", "cost_saved_usd"]
     rows = {(p if isinstance(p, str) else None, m if isinstance(m, str) else None): r
             for p, m, r in zip(s["provider"], s["model"], s.to_dict("records"), strict=True)}
     assert rows[("openai", "gpt-4o")]["requests"] == 2

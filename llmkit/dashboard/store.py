@@ -116,6 +116,8 @@ class DashboardStore(param.Parameterized):
     cost_usd = param.Number(default=0.0, doc="Priced cost of every finished request.")
     input_tokens = param.Integer(default=0)
     output_tokens = param.Integer(default=0)
+    cache_hits = param.Integer(default=0, doc="Requests answered from the response cache.")
+    saved_usd = param.Number(default=0.0, doc="What the cached answers cost when first asked (saved since).")
     retries = param.Integer(default=0, doc="Retries (events still in the client's event buffer).")
     fallbacks = param.Integer(default=0)
     waits = param.Integer(default=0, doc="Times a request waited for a rate limit or a concurrency slot.")
@@ -170,7 +172,8 @@ class DashboardStore(param.Parameterized):
         if self._next_bucket is None:
             self._start_timeline(now, rows, events)
         totals = {"requests": self.requests, "errors": self.errors, "cost_usd": self.cost_usd,
-                  "input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+                  "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                  "cache_hits": self.cache_hits, "saved_usd": self.saved_usd}
         if rows is not None:
             self._read_rows(rows, totals)
         counters = {"retries": self.retries, "fallbacks": self.fallbacks, "waits": self.waits,
@@ -254,6 +257,8 @@ class DashboardStore(param.Parameterized):
         totals["cost_usd"] += cost_total
         totals["input_tokens"] += sum(ins)
         totals["output_tokens"] += sum(outs)
+        totals["cache_hits"] += sum(rows["cached"])
+        totals["saved_usd"] += math.fsum(rows["cost_saved_usd"])
         self._ledger_len += n
         for i in range(max(0, n - self.max_recent), n):
             self.recent.append(self._recent_row(rows, i))

@@ -115,6 +115,7 @@ class KPIs(_HTMLView):
         rps, eps = s.recent_rate(10.0)
         p50, p95 = s.recent_latency()
         error_pct = 100.0 * s.errors / s.requests if s.requests else 0.0
+        hit_pct = 100.0 * s.cache_hits / s.requests if s.requests else 0.0
         cards = [
             _card("requests", "Requests", f"{s.requests:,}", s.requests,
                   f"{rps:.1f}/s over the last 10 s"),
@@ -128,6 +129,8 @@ class KPIs(_HTMLView):
             _card("waits", "Rate-limit waits", f"{s.waits:,}", s.waits, f"{s.waited_s:,.1f} s waited in total"),
             _card("retries", "Retries / fallbacks", f"{s.retries:,} / {s.fallbacks:,}", s.retries,
                   "from the client's event log"),
+            _card("cache", "Cache hits / saved", f"{hit_pct:.1f}% / {usd(s.saved_usd)}", s.cache_hits,
+                  f"{s.cache_hits:,} answers from the response cache at $0"),
         ]
         return f'<div class="llmkit-cards">{"".join(cards)}</div>'
 
