@@ -35,7 +35,6 @@ BASE = key()
     {"response_format": SCHEMA},
     {"response_format": {"type": "json_object"}},
     {"tools": [TOOL]},
-    {"tool_choice": "auto"},
     {"seed": 7},
     {"stop": ["\n"]},
     {"top_p": 0.5},
@@ -44,6 +43,10 @@ BASE = key()
 ], ids=lambda c: next(iter(c)))
 def test_a_change_that_can_change_the_answer_changes_the_key(change: dict[str, Any]) -> None:
     assert key(**change) != BASE
+
+
+def test_a_tool_choice_change_changes_the_key() -> None:
+    assert key(tools=[TOOL], tool_choice="auto") != key(tools=[TOOL], tool_choice="none")
 
 
 def test_a_schema_change_changes_the_key() -> None:
