@@ -19,6 +19,7 @@ from ._errors import (
     CircuitOpenError,
     ClientClosedError,
     ConfigError,
+    ContentFilterError,
     ContextWindowExceededError,
     InvalidRequestError,
     LLMError,
@@ -34,7 +35,7 @@ from ._errors import (
     RequestTimeoutError,
     ServerError,
 )
-from ._types import Attempt, Request, Response, StreamChunk, Usage
+from ._types import Attempt, EmbeddingResponse, Request, Response, StreamChunk, Usage
 
 __version__ = "0.1.0"
 
@@ -60,7 +61,9 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "ConfigError",
+    "ContentFilterError",
     "ContextWindowExceededError",
+    "EmbeddingResponse",
     "InvalidRequestError",
     "LLMError",
     "NoProviderError",

@@ -11,6 +11,10 @@ Options (``ProviderConfig.options``):
   A path starting with ``/`` is taken from the server's root; otherwise it is relative to ``base_url``.
   Default: ``{base_url}/models``.
 - ``include_usage``: send ``stream_options.include_usage`` when streaming (default True).
+
+``preset`` (``ProviderConfig.preset``: groq, together, mistral, deepseek, openrouter, ollama, vllm,
+lmstudio; see ``_adapters.PRESETS``) fills the base URL, the key's environment variable, whether a key
+is required, the genai-prices id and the service's quirks (renamed fields, default options).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from .._config import DEFAULT_BASE_URLS
+from .. import _errors as e
+from .._adapters import PRESETS
+from .._config import DEFAULT_BASE_URLS, ProviderConfig
 from .._types import Request
 from .openai import OpenAIProvider
 
@@ -33,14 +39,35 @@ class OpenAICompatibleProvider(OpenAIProvider):
     requires_key = False
     known_options = frozenset({"health_path", "include_usage"})
 
+    def __init__(self, config: ProviderConfig) -> None:
+        super().__init__(config)
+        self.preset = PRESETS.get(config.preset) if config.preset else None
+        self.options: dict[str, Any] = {**(self.preset.options if self.preset else {}), **config.options}
+        if self.preset is not None:
+            if not config.base_url:
+                self.base_url = self.preset.base_url.rstrip("/")
+            self.price_provider_id = self.preset.price_provider_id
+
+    def _check_key(self) -> None:
+        if self.preset is not None and self.preset.requires_key and not self.api_key:
+            env = self.config.api_key_env or self.preset.key_env
+            raise e.AuthenticationError(f"no API key for preset {self.config.preset!r}: set api_key or the "
+                                        f"environment variable {env}", provider=self.name)
+
     def build_body(self, request: Request, stream: bool = False) -> dict[str, Any]:
         body = super().build_body(request, stream)
-        if stream and not self.config.options.get("include_usage", True) and "stream_options" not in request.extra:
+        if stream and not self.options.get("include_usage", True) and "stream_options" not in request.extra:
             body.pop("stream_options", None)
+        if self.preset is not None:
+            for old, new in self.preset.rename.items():
+                if old in body:
+                    body[new] = body.pop(old)
+            for name in self.preset.drop:
+                body.pop(name, None)
         return body
 
     def health_url(self) -> str:
-        path = self.config.options.get("health_path")
+        path = self.options.get("health_path")
         if not path:
             return f"{self.base_url}/models"
         path = str(path)
