@@ -268,7 +268,7 @@ class GeminiProvider(HTTPProvider):
             return e.ContextWindowExceededError
         if name == "INVALID_ARGUMENT" and ("API_KEY_INVALID" in json.dumps(body) or "API key not valid" in message):
             return e.AuthenticationError
-        if name == "RESOURCE_EXHAUSTED" and (status == 402 or "billing" in message.lower()):
+        if name == "RESOURCE_EXHAUSTED" and status == 402:  # prepaid credits used up; a 429 is a rate limit
             return e.QuotaExceededError
         cls = _BY_STATUS.get(name)
         if cls is not None:

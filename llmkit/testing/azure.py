@@ -102,8 +102,8 @@ class FakeAzureOpenAIServer(FakeOpenAIServer):
 
     async def handle(self, request: RecordedRequest, action: Action | None, writer: asyncio.StreamWriter) -> bool:
         if action is not None and action.kind == "error" and action.status == 429:
-            action.headers.setdefault("retry-after", "1")
-            action.headers.setdefault("retry-after-ms", "1000")
+            seconds = float(action.headers.setdefault("retry-after", "1"))
+            action.headers.setdefault("retry-after-ms", f"{seconds * 1000:g}")  # Azure sends both
         return await super().handle(request, action, writer)
 
     def _reply_body(self, request: RecordedRequest, action: Action) -> dict[str, Any]:
