@@ -25,8 +25,6 @@ from llmkit.testing import (
     FakeOpenAIServer,
 )
 
-pytestmark = pytest.mark.asyncio
-
 
 @dataclass
 class Kit:
