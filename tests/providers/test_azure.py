@@ -97,7 +97,7 @@ def test_config_validation() -> None:
     with pytest.raises(llmkit.ConfigError, match="api_version"):
         llmkit.Client([{"name": "az", "adapter": "azure_openai", "api_key": KEY, "base_url": "https://x.openai.azure.com",
                         "api_version": "yesterday"}], ledger=None)
-    with pytest.raises(llmkit.ConfigError, match="deployments.*only with adapter 'azure_openai'"):
+    with pytest.raises(llmkit.ConfigError, match=r"deployments.*only with adapter 'azure_openai'"):
         llmkit.Client([{"name": "o", "adapter": "openai", "deployments": {"a": "b"}}], ledger=None)
     with pytest.raises(llmkit.ConfigError, match="option 'auth'"):
         llmkit.Client([{"name": "az", "adapter": "azure_openai", "base_url": "https://x.openai.azure.com",
