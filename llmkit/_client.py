@@ -250,7 +250,7 @@ class Client:
 
                 self._embedding_cache = MemoryEmbeddingCache()
             return self._embedding_cache
-        return cache or None
+        return None if cache is None or cache is False else cache
 
     # -- observability -------------------------------------------------------------------------
 

@@ -301,6 +301,8 @@ async def embed_texts(service: Service, texts: list[str], model: str, *, batch_s
 def _inputs(data: Any) -> tuple[list[str], Any]:
     """The texts of a Series, Index, array or list, and the index to put on the result (or None)."""
     index = getattr(data, "index", None)
+    if callable(index):  # list.index: a plain list has no labels
+        index = None
     if hasattr(data, "tolist") and not isinstance(data, (str, bytes)):
         values = data.tolist()
     elif isinstance(data, str) or not isinstance(data, Sequence):
