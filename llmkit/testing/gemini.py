@@ -192,6 +192,11 @@ class FakeGeminiServer(FakeLLMServer):
         if m is not None and m.group(2) == "batchEmbedContents":
             from ..providers.mock import mock_embedding
 
+            if self.api_key is not None and request.headers.get("x-goog-api-key") != self.api_key:
+                self.send_json(writer, 400, headers, gemini_error(400, message="API key not valid. Please pass a "
+                                                                  "valid API key."))
+                return True
+
             body = request.json if isinstance(request.json, dict) else {}
             embeddings = []
             for item in body.get("requests") or ():
