@@ -144,7 +144,10 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
     attempts: list[Attempt] = []
     service.in_flight += 1
     token = None
+    task = service._track()  # so that close() ends it like a completion
     try:
+        if service.closing:
+            raise asyncio.CancelledError
         token = service._reserve(request)
         deadline = service._deadline_at(request, t0)
 
@@ -163,9 +166,13 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         response.requested_model = request.model
         response.cost_usd = _cost(service, request, response)
     except BaseException as exc:
-        await _record(service, request, None, exc, attempts, started, t0)
+        closed = service._closed_error(request, exc)
+        await _record(service, request, None, closed or exc, attempts, started, t0)
+        if closed is not None:
+            raise closed from None
         raise
     finally:
+        service._tasks.discard(task)
         service.in_flight -= 1
         if token is not None and service.budget is not None:
             service.budget.release(token)

@@ -182,3 +182,28 @@ def test_progress_bar_counts_texts(capsys: pytest.CaptureFixture[str]) -> None:
     with mock_client() as client:
         client.embed([f"t {i}" for i in range(30)], model="mock-embed", batch_size=7, progress=True)
     assert "30/30" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
+def test_close_ends_a_running_embedding_with_one_record() -> None:
+    import threading
+
+    client = llmkit.Client([{"name": "mock", "adapter": "mock", "models": ["mock-embed"],
+                             "options": {"latency": 5.0}}], ledger=None, health_interval=None)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.embedding(model="mock-embed", input=["slow"])
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    while client.in_flight() == 0:
+        thread.join(0.01)
+    ledger = client._service.ledger
+    client.close()
+    thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], llmkit.ClientClosedError)
+    assert len(ledger) == 1
