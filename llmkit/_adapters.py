@@ -22,8 +22,8 @@ class Preset:
     """A hosted or local OpenAI-compatible service: where it lives, its key variable and its quirks.
 
     ``price_provider_id`` is the service's id in genai-prices (None: unpriced unless ``pricing`` is set);
-    ``rename`` maps OpenAI body fields to the service's names; ``drop`` lists fields it rejects;
-    ``options`` are adapter options filled in unless the entry sets them.
+    ``rename`` maps OpenAI body fields to the service's names; ``options`` are adapter options filled in
+    unless the entry sets them.
     """
 
     base_url: str
@@ -31,7 +31,6 @@ class Preset:
     price_provider_id: str | None = None
     requires_key: bool = True
     rename: dict[str, str] = field(default_factory=dict)
-    drop: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -62,8 +62,6 @@ class OpenAICompatibleProvider(OpenAIProvider):
             for old, new in self.preset.rename.items():
                 if old in body:
                     body[new] = body.pop(old)
-            for name in self.preset.drop:
-                body.pop(name, None)
         return body
 
     def health_url(self) -> str:

@@ -104,12 +104,16 @@ def test_config_validation() -> None:
                         "options": {"auth": "magic"}}], ledger=None)
 
 
-async def test_embeddings_routes(make_provider: MakeProvider) -> None:
+@pytest.mark.parametrize(("version", "path", "model"), [
+    (None, "/openai/deployments/emb-small/embeddings", "emb-small"),
+    ("v1", "/openai/v1/embeddings", "emb-small"),
+])
+async def test_embeddings_routes(make_provider: MakeProvider, version: str | None, path: str, model: str) -> None:
     with FakeAzureOpenAIServer(api_key=KEY) as server:
-        provider = make_provider("azure_openai", server.url, api_key=KEY,
+        provider = make_provider("azure_openai", server.url, api_key=KEY, api_version=version,
                                  deployments={"text-embedding-3-small": "emb-small"})
         request = llmkit.Request(model="text-embedding-3-small", messages=(), extra={"input": ("a", "b", "c")})
         resp = await provider.embed(request)  # type: ignore[attr-defined]
-        assert server.last_request.path == "/openai/deployments/emb-small/embeddings"
-        assert server.last_request.json["input"] == ["a", "b", "c"]
+        assert server.last_request.path == path
+        assert server.last_request.json["input"] == ["a", "b", "c"] and server.last_request.json["model"] == model
     assert len(resp.vectors) == 3 and resp.usage.input_tokens == 3 and not resp.usage.estimated
