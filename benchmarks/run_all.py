@@ -11,6 +11,7 @@ The commands it runs (each also works on its own; ``--help`` lists their options
     python benchmarks/bench_pipeline.py     # req/s through the whole pipeline on the mock adapter
     python benchmarks/bench_import.py       # import llmkit vs httpx vs litellm
     python benchmarks/bench_cache.py        # response cache: hit vs miss, lookup cost, hits/s, a 100k-entry file
+    python benchmarks/bench_embed.py        # client.embed of a column vs a hand-written httpx batch loop
     bash benchmarks/setup_litellm.sh        # once: LiteLLM in benchmarks/.venv-litellm (optional)
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import HERE, machine, met_text
 
-BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "cache")
+BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "cache", "embed")
 README = HERE / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 

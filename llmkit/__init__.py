@@ -19,6 +19,7 @@ from ._errors import (
     CircuitOpenError,
     ClientClosedError,
     ConfigError,
+    ContentFilterError,
     ContextWindowExceededError,
     InvalidRequestError,
     LLMError,
@@ -36,7 +37,7 @@ from ._errors import (
     ResultLimitError,
     ServerError,
 )
-from ._types import Attempt, Request, Response, StreamChunk, ToolCall, Usage
+from ._types import Attempt, EmbeddingResponse, Request, Response, StreamChunk, ToolCall, Usage
 
 __version__ = "0.1.0"
 
@@ -62,7 +63,9 @@ __all__ = [
     "Client",
     "ClientClosedError",
     "ConfigError",
+    "ContentFilterError",
     "ContextWindowExceededError",
+    "EmbeddingResponse",
     "InvalidRequestError",
     "LLMError",
     "NoProviderError",

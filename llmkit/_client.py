@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
 from ._loop import LoopFactory, LoopThread, fork_generation, shared_loop
 from ._streams import AsyncStream, Stream, _Feed
-from ._types import Request, Response
+from ._types import EmbeddingResponse, Request, Response
 from ._validate import build_request
 from .cache import with_mode
 from .monitor import Monitor
@@ -239,6 +239,51 @@ class Client:
 
     async def _feed(self, request: Request) -> _Feed:
         return _Feed(lambda emit: self._service.stream(request, emit))
+
+    # -- embeddings (llmkit/embeddings.py) -----------------------------------------------------
+
+    def embedding(self, model: str, input: str | Sequence[str], **kwargs: Any) -> EmbeddingResponse:
+        """Embed ``input`` in one routed call: ``vectors`` is a float32 numpy array, one row per text."""
+        from .embeddings import build_embedding_request, run_embedding
+
+        self._check_open()
+        return self._loop.run(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
+
+    async def aembedding(self, model: str, input: str | Sequence[str], **kwargs: Any) -> EmbeddingResponse:
+        from .embeddings import build_embedding_request, run_embedding
+
+        self._check_open()
+        return await self._loop.arun(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
+
+    def embed(self, data: Any, model: str, *, batch_size: int | None = None, as_array: bool = False,
+              progress: bool = True, max_concurrency: int | None = None, cache: Any = True, **kwargs: Any) -> Any:
+        """Embed a Series or list of texts in batches: a DataFrame with the input's index and one
+        ``embedding`` column (a numpy array with ``as_array=True``). See ``llmkit.embeddings``."""
+        from .embeddings import embed
+
+        self._check_open()
+        return embed(self._loop, self._service, data, model, batch_size=batch_size, as_array=as_array,
+                     progress=progress, max_concurrency=max_concurrency, cache=self._embed_cache(cache), **kwargs)
+
+    async def aembed(self, data: Any, model: str, *, batch_size: int | None = None, as_array: bool = False,
+                     progress: bool = True, max_concurrency: int | None = None, cache: Any = True,
+                     **kwargs: Any) -> Any:
+        from .embeddings import aembed
+
+        self._check_open()
+        return await aembed(self._loop, self._service, data, model, batch_size=batch_size, as_array=as_array,
+                            progress=progress, max_concurrency=max_concurrency, cache=self._embed_cache(cache),
+                            **kwargs)
+
+    def _embed_cache(self, cache: Any) -> Any:
+        """``cache=True``: this client's per-text embedding cache; False/None: none; else the object given."""
+        if cache is True:
+            if getattr(self, "_embedding_cache", None) is None:
+                from .embeddings import MemoryEmbeddingCache
+
+                self._embedding_cache = MemoryEmbeddingCache()
+            return self._embedding_cache
+        return None if cache is None or cache is False else cache
 
     # -- observability -------------------------------------------------------------------------
 

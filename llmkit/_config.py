@@ -15,7 +15,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from ._adapters import BUILTIN_ADAPTERS
+from ._adapters import BUILTIN_ADAPTERS, PRESETS
 from ._errors import ConfigError
 from ._secrets import hide_userinfo, mask, redact, register_header, register_secret, register_url_credentials
 
@@ -23,8 +23,14 @@ DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
     "openai_compatible": "http://127.0.0.1:11434/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
 }
-DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY", "gemini": "GEMINI_API_KEY",
+                   "azure_openai": "AZURE_OPENAI_API_KEY"}
+#: Tried, in order, when the adapter's default variable is unset (Google's SDKs read either name).
+ALTERNATE_KEY_ENV = {"gemini": ("GOOGLE_API_KEY",)}
+#: The Azure OpenAI data-plane ``api-version`` used unless the entry or ``OPENAI_API_VERSION`` sets one.
+AZURE_DEFAULT_API_VERSION = "2024-10-21"
 _PERIODS = {
     "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
     "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
@@ -73,6 +79,9 @@ class ProviderConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     max_response_bytes: int = 32 * 1024 * 1024  # a body or stream beyond this fails (decoded bytes)
     reply: Any = field(default=None, repr=False)  # mock only: callable(Request) -> str | dict | list[ToolCall]
+    deployments: Mapping[str, str] = field(default_factory=dict)  # azure_openai: model -> deployment name
+    api_version: str | None = None  # azure_openai: "2024-10-21", "v1", ... (else OPENAI_API_VERSION)
+    preset: str | None = None  # openai_compatible: a hosted/local service in _adapters.PRESETS
 
     def __post_init__(self) -> None:
         register_secret(self.api_key)
@@ -95,8 +104,12 @@ class ProviderConfig:
         if self.api_key:
             register_secret(self.api_key)
             return self.api_key
-        env = self.api_key_env or DEFAULT_KEY_ENV.get(self.adapter)
+        env = self.api_key_env or (PRESETS[self.preset].key_env if self.preset in PRESETS
+                                   else DEFAULT_KEY_ENV.get(self.adapter))
         key = os.environ.get(env) if env else None
+        if key is None and not self.api_key_env:
+            key = next((os.environ[alt] for alt in ALTERNATE_KEY_ENV.get(self.adapter, ()) if alt in os.environ),
+                       None)
         register_secret(key)
         if key is not None and key != key.strip():
             key = key.strip()  # `export KEY="$(cat key.txt)"` keeps the newline
@@ -110,7 +123,8 @@ class ProviderConfig:
         )
 
     def resolved_base_url(self) -> str | None:
-        return (self.base_url or DEFAULT_BASE_URLS.get(self.adapter) or "").rstrip("/") or None
+        preset = PRESETS[self.preset].base_url if self.preset in PRESETS else None
+        return (self.base_url or preset or DEFAULT_BASE_URLS.get(self.adapter) or "").rstrip("/") or None
 
 
 @dataclass(frozen=True)
@@ -297,13 +311,41 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     reply = raw.get("reply")
     if reply is not None and (not callable(reply) or adapter != "mock"):
         raise where.error("reply", "a callable(request) -> str | dict | list of ToolCall, on a mock entry", reply)
+    deployments, api_version, preset = _parse_provider_extras(raw, adapter, where)
     return ProviderConfig(
         name=name, adapter=adapter, api_key=api_key, api_key_env=api_key_env, base_url=base_url,
         models=tuple(models), priority=priority, rate_limit=rate_limit, tokens_per_minute=tpm,
         max_retries=max_retries, timeout=timeout, breaker=breaker, pricing=pricing,
         max_concurrency=max_conc, headers=dict(headers), options=dict(options),
-        max_response_bytes=max_bytes, reply=reply,
+        max_response_bytes=max_bytes, reply=reply, deployments=deployments, api_version=api_version, preset=preset,
     )
+
+
+def _parse_provider_extras(raw: Mapping[str, Any], adapter: Any, where: _Where,
+                           ) -> tuple[dict[str, str], str | None, str | None]:
+    """The second version's adapter-specific fields: ``deployments`` and ``api_version``
+    (azure_openai), ``preset`` (openai_compatible)."""
+    deployments = raw.get("deployments") or {}
+    if not isinstance(deployments, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in deployments.items()):
+        raise where.error("deployments", "a table of model name -> Azure deployment name", deployments)
+    if deployments and adapter != "azure_openai":
+        raise where.error("deployments", "only with adapter 'azure_openai'", dict(deployments))
+    api_version = raw.get("api_version")
+    if api_version is not None:
+        if not isinstance(api_version, str) or not re.fullmatch(r"v1|\d{4}-\d{2}-\d{2}(-preview)?|preview|latest",
+                                                                  api_version):
+            raise where.error("api_version", "an Azure api-version like '2024-10-21', "
+                              "'2025-04-01-preview' or 'v1'", api_version)
+        if adapter != "azure_openai":
+            raise where.error("api_version", "only with adapter 'azure_openai'", api_version)
+    preset = raw.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise where.error("preset", f"one of {sorted(PRESETS)}", preset)
+        if adapter != "openai_compatible":
+            raise where.error("preset", "only with adapter 'openai_compatible'", preset)
+    return dict(deployments), api_version, preset
 
 
 _CLIENT_KEYS = {f.name for f in fields(ClientConfig)}

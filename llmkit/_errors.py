@@ -9,7 +9,8 @@
     │   ├── AuthenticationError              401 (misconfigured here: fall back, don't retry)
     │   │   └── PermissionDeniedError        403
     │   ├── BadRequestError                  400/422: malformed anywhere, fail fast
-    │   │   └── ContextWindowExceededError   prompt too long for this model: try another
+    │   │   ├── ContextWindowExceededError   prompt too long for this model: try another
+    │   │   └── ContentFilterError           blocked by the provider's safety/content filter: try another
     │   ├── NotFoundError                    404 (model not found here)
     │   ├── ServerError                      5xx (retryable)
     │   │   └── OverloadedError              529 / overloaded_error (retryable)
@@ -115,6 +116,11 @@ class ContextWindowExceededError(BadRequestError):
     pass
 
 
+class ContentFilterError(BadRequestError):
+    """The provider's content filter or safety system blocked the prompt or the answer (Azure's
+    ``content_filter``, Gemini's ``SAFETY``/``blockReason``). Another provider may answer."""
+
+
 class NotFoundError(ProviderError):
     pass
 
@@ -202,6 +208,7 @@ FALLBACK_ERRORS: tuple[type[BaseException], ...] = (
     RateLimitError,
     AuthenticationError,
     ContextWindowExceededError,
+    ContentFilterError,
     NotFoundError,
     ServerError,
     ProviderTimeoutError,

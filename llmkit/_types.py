@@ -229,3 +229,41 @@ class StreamChunk:
     finish_reason: str | None = None
     response: Response | None = None
     raw: Any = field(default=None, repr=False)
+
+
+@dataclass(slots=True)
+class EmbeddingResponse:
+    """A finished embedding call: one vector per input, in input order.
+
+    ``vectors`` is a float32 numpy array of shape ``(len(input), dimensions)`` once the client hands
+    it back (adapters fill it with lists of floats; numpy is imported only by ``llmkit.embeddings``).
+    ``cost_usd`` is None when the model's price is unknown.
+    """
+
+    id: str
+    provider: str
+    model: str
+    vectors: Any
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    raw: Any = field(default=None, repr=False)
+    requested_model: str | None = None
+    rate_limit: RateLimitInfo | None = field(default=None, repr=False)
+    provider_request_id: str | None = field(default=None, repr=False)
+    cached: bool = False
+
+    @property
+    def dimensions(self) -> int:
+        """The length of each vector (0 when there are none)."""
+        shape = getattr(self.vectors, "shape", None)
+        if shape is not None:
+            return int(shape[1]) if len(shape) == 2 else 0
+        return len(self.vectors[0]) if len(self.vectors) else 0
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.attempts) and (
+            self.attempts[0].provider != self.provider or self.attempts[0].model != self.model
+        )

@@ -24,7 +24,7 @@ CONFIGS: list[tuple[str, Any, type[Exception], str]] = [
     ("missing name", {"providers": [{"adapter": "mock"}]}, ConfigError, "field 'name'"),
     ("empty name", _with(name="  "), ConfigError, "field 'name'"),
     ("duplicate names", {"providers": [OK, OK]}, ConfigError, "unique provider name"),
-    ("unknown adapter", _with(adapter="gemini"), ConfigError, "field 'adapter'"),
+    ("unknown adapter", _with(adapter="cohere"), ConfigError, "field 'adapter'"),
     ("adapter path malformed", _with(adapter="my.module.Class"), ConfigError, "field 'adapter'"),
     ("adapter path not importable", _with(adapter="no_such_pkg.mod:Cls"), ConfigError, "cannot import"),
     ("adapter not a Provider", _with(adapter="json:JSONDecoder"), ConfigError, "not a subclass"),

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._errors import ConfigError
-from .._types import Request, Response, StreamChunk, Usage
+from .._types import EmbeddingResponse, Request, Response, StreamChunk, Usage
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -33,8 +33,21 @@ def content_text(content: Any) -> str:
 
 
 def prompt_tokens(request: Request) -> int:
-    """Estimated prompt tokens of a request (about four characters a token, plus a few per message)."""
+    """Estimated prompt tokens of a request (about four characters a token, plus a few per message;
+    for an embedding request, which has no messages, its input texts)."""
+    if not request.messages:
+        return sum(estimate_tokens(t) for t in embedding_input(request))
     return sum(estimate_tokens(content_text(m.get("content"))) + 4 for m in request.messages)
+
+
+def embedding_input(request: Request) -> list[str]:
+    """The texts of an embedding request (``request.extra["input"]``)."""
+    texts = request.extra.get("input", ())
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
+def estimate_embedding_usage(request: Request) -> Usage:
+    return Usage(input_tokens=prompt_tokens(request), estimated=True)
 
 
 def estimate_usage(request: Request, output_text: str) -> Usage:
@@ -46,6 +59,9 @@ class Provider(ABC):
     """Base class of every adapter. Subclasses set ``adapter`` and implement ``complete``."""
 
     adapter: ClassVar[str] = "custom"
+    #: Whether ``embed`` is implemented; the most inputs one embedding request may carry.
+    supports_embeddings: ClassVar[bool] = False
+    max_embedding_batch: ClassVar[int] = 2048
     #: Name genai-prices knows this provider by ("openai", "anthropic"); None for local/unpriced.
     price_provider_id: str | None = None
 
@@ -63,6 +79,15 @@ class Provider(ABC):
     def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         """Yield text chunks; the last chunk carries the final ``Response`` (usage included)."""
         raise ConfigError(f"adapter {self.adapter!r} (provider {self.name!r}) does not support streaming")
+
+    async def embed(self, request: Request) -> EmbeddingResponse:
+        """Embed ``request.extra["input"]`` with ``request.model``; ``vectors`` is a list of float lists."""
+        raise ConfigError(f"adapter {self.adapter!r} (provider {self.name!r}) does not support embeddings")
+
+    def embedding_response(self, request: Request, vectors: Any, usage: Usage, **fields: Any) -> EmbeddingResponse:
+        fields.setdefault("model", request.model)
+        return EmbeddingResponse(id=request.id, provider=self.name, vectors=vectors, usage=usage,
+                                 requested_model=request.model, **fields)
 
     async def health_check(self) -> None:
         """Raise a ``ProviderError`` if the provider is not reachable. The default checks nothing."""

@@ -15,6 +15,10 @@ Options (``ProviderConfig.options``):
   ``"json_schema"`` (default: ``response_format`` as OpenAI's, which vLLM, llama.cpp and Ollama accept),
   ``"json_object"`` (``{"type": "json_object"}`` plus the schema in a system message, for servers that only
   have a JSON mode) or ``"prompt"`` (no ``response_format`` at all, the schema in a system message).
+
+``preset`` (``ProviderConfig.preset``: groq, together, mistral, deepseek, openrouter, ollama, vllm,
+lmstudio; see ``_adapters.PRESETS``) fills the base URL, the key's environment variable, whether a key
+is required, the genai-prices id and the service's quirks (renamed fields, default options).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import _errors as e
 from .. import structured
+from .._adapters import PRESETS
 from .._config import DEFAULT_BASE_URLS, ProviderConfig
 from .._errors import ConfigError
 from .._types import Request
@@ -43,16 +49,32 @@ class OpenAICompatibleProvider(OpenAIProvider):
 
     def __init__(self, config: ProviderConfig) -> None:
         super().__init__(config)
-        mode = config.options.get("structured_output", "json_schema")
+        self.preset = PRESETS.get(config.preset) if config.preset else None
+        self.options: dict[str, Any] = {**(self.preset.options if self.preset else {}), **config.options}
+        if self.preset is not None:
+            if not config.base_url:
+                self.base_url = self.preset.base_url.rstrip("/")
+            self.price_provider_id = self.preset.price_provider_id
+        mode = self.options.get("structured_output", "json_schema")
         if mode not in _MODES:
             raise ConfigError(f"provider {config.name!r}: option 'structured_output': expected one of {list(_MODES)}, "
                               f"got {mode!r}")
         self.structured_output = mode
 
+    def _check_key(self) -> None:
+        if self.preset is not None and self.preset.requires_key and not self.api_key:
+            env = self.config.api_key_env or self.preset.key_env
+            raise e.AuthenticationError(f"no API key for preset {self.config.preset!r}: set api_key or the "
+                                        f"environment variable {env}", provider=self.name)
+
     def build_body(self, request: Request, stream: bool = False) -> dict[str, Any]:
         body = super().build_body(request, stream)
-        if stream and not self.config.options.get("include_usage", True) and "stream_options" not in request.extra:
+        if stream and not self.options.get("include_usage", True) and "stream_options" not in request.extra:
             body.pop("stream_options", None)
+        if self.preset is not None:
+            for old, new in self.preset.rename.items():
+                if old in body:
+                    body[new] = body.pop(old)
         return body
 
     def _response_format(self, body: dict[str, Any], fmt: Any) -> None:
@@ -69,7 +91,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
         body["messages"] = [{"role": "system", "content": instruction}, *body["messages"]]
 
     def health_url(self) -> str:
-        path = self.config.options.get("health_path")
+        path = self.options.get("health_path")
         if not path:
             return f"{self.base_url}/models"
         path = str(path)

@@ -11,6 +11,9 @@ Options (``ProviderConfig.options``):
 - ``cached_ratio``: the share of prompt tokens reported as cache reads; ``seed``: the generator's seed.
 - ``price_as``: price the mock's usage as this provider would (``"openai"``, ``"anthropic"``), so costs
   look real in a simulation; by default the mock is unpriced (``cost_usd`` None) unless ``pricing`` is set.
+- ``embedding_dimensions``: the length of the mock's embedding vectors (default 256). Embeddings are
+  deterministic and unit-norm: words (and word pairs) are hashed into signed buckets, so the same text
+  always gets the same vector and texts that share words point the same way.
 
 At run time, ``set_down(True)`` simulates an outage and ``fail_next(n, kind)`` scripts failures.
 
@@ -25,8 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
+import math
 import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -35,8 +41,8 @@ from .. import _errors as e
 from .. import structured
 from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
-from .._types import Request, Response, StreamChunk, ToolCall, Usage
-from .base import Provider, estimate_tokens
+from .._types import EmbeddingResponse, Request, Response, StreamChunk, ToolCall, Usage
+from .base import Provider, embedding_input, estimate_tokens
 from .base import prompt_tokens as base_prompt_tokens
 from .mock_schema import instance
 
@@ -65,7 +71,7 @@ class MockProvider(Provider):
         super().__init__(config)
         opts = dict(config.options)
         known = {"replies", "latency", "failure_rate", "failure_kinds", "cached_ratio", "seed", "chunk_words",
-                 "price_as"}
+                 "price_as", "embedding_dimensions"}
         unknown = set(opts) - known
         if unknown:
             raise ConfigError(f"provider {config.name!r}: unknown mock option {sorted(unknown)[0]!r}; "
@@ -93,6 +99,10 @@ class MockProvider(Provider):
         if price_as is not None and not isinstance(price_as, str):
             raise ConfigError(f"provider {config.name!r}: option 'price_as': expected a provider id like 'openai'")
         self.price_provider_id = price_as
+        dims = opts.get("embedding_dimensions", 256)
+        if not isinstance(dims, int) or isinstance(dims, bool) or dims < 2:
+            raise ConfigError(f"provider {config.name!r}: option 'embedding_dimensions': expected an integer >= 2")
+        self.embedding_dimensions = dims
         self.down = False
         self.calls = 0
         self._scripted: deque[str] = deque()
@@ -205,6 +215,18 @@ class MockProvider(Provider):
                               usage=self._usage(request, reply, calls), raw=raw, tool_calls=calls)
         yield StreamChunk(text="", finish_reason=finish, response=final)
 
+    supports_embeddings = True
+
+    async def embed(self, request: Request) -> EmbeddingResponse:
+        self.calls += 1
+        await self._wait()
+        self._maybe_fail()
+        texts = embedding_input(request)
+        dims = request.extra.get("dimensions") or self.embedding_dimensions
+        vectors = [mock_embedding(text, int(dims)) for text in texts]
+        usage = Usage(input_tokens=sum(estimate_tokens(t) for t in texts))
+        return self.embedding_response(request, vectors, usage, raw={"mock": True})
+
     async def health_check(self) -> None:
         if self.down:
             raise _FAILURES["connection"](self.name)
@@ -249,3 +271,21 @@ def _from_callable(result: Any) -> tuple[str, list[ToolCall]]:
         return "", calls
     raise TypeError(f"the mock's reply callable returned {type(result).__name__}; expected str, dict, "
                     "a pydantic instance or a list of llmkit.ToolCall")
+_WORD = re.compile(r"\w+")
+
+
+def mock_embedding(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for ``text``: its words and word pairs hashed into ``dims`` signed buckets."""
+    words = _WORD.findall(text.lower())
+    features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)] or [text or "<empty>"]
+    vector = [0.0] * dims
+    for feature in features:
+        digest = hashlib.blake2b(feature.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        bucket = int.from_bytes(digest[:4], "little") % dims
+        vector[bucket] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if norm == 0.0:  # the hashed features cancelled out: fall back to one bucket
+        vector[int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=4).digest(),
+                              "little") % dims] = 1.0
+        return vector
+    return [v / norm for v in vector]

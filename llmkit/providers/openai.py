@@ -20,9 +20,9 @@ from .. import _errors as e
 from .. import structured
 from .._config import ProviderConfig
 from .._errors import ConfigError, ProviderError
-from .._types import Request, Response, StreamChunk, ToolCall, Usage
+from .._types import EmbeddingResponse, Request, Response, StreamChunk, ToolCall, Usage
 from ._http import ErrorContext, HTTPProvider, parse_rate_limit_headers
-from .base import estimate_usage
+from .base import embedding_input, estimate_embedding_usage, estimate_usage
 
 # What a mid-stream error's type/code means, as an HTTP status (the stream itself was a 200).
 _STATUS_OF = {
@@ -44,10 +44,11 @@ def openai_usage(raw: Any) -> Usage | None:
         return None
     prompt = raw.get("prompt_tokens_details") or {}
     completion = raw.get("completion_tokens_details") or {}
+    cached = _n(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0
     return Usage(
         input_tokens=_n(raw.get("prompt_tokens")),
         output_tokens=_n(raw.get("completion_tokens")),
-        cache_read_tokens=_n(prompt.get("cached_tokens")) if isinstance(prompt, dict) else 0,
+        cache_read_tokens=cached or _n(raw.get("prompt_cache_hit_tokens")),  # DeepSeek's older name
         cache_write_tokens=_n(prompt.get("cache_write_tokens")) if isinstance(prompt, dict) else 0,
         reasoning_tokens=_n(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0,
     )
@@ -97,6 +98,7 @@ class OpenAIProvider(HTTPProvider):
     request_id_header = "x-request-id"
     max_tokens_field: ClassVar[str] = "max_completion_tokens"
     requires_key: ClassVar[bool] = True
+    supports_embeddings = True
     known_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ProviderConfig) -> None:
@@ -194,14 +196,15 @@ class OpenAIProvider(HTTPProvider):
 
     async def complete(self, request: Request) -> Response:
         self._check_key()
-        data, resp = await self._post_json("/chat/completions", self.build_body(request), request.timeout)
+        data, resp = await self._post_json(self.path_for(request, "chat/completions"), self.build_body(request),
+                                           request.timeout)
         return self._to_response(request, data, resp)
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self._check_key()
         state: dict[str, Any] = {}
         acc = _StreamState()
-        events = self._stream_events("/chat/completions", self.build_body(request, stream=True),
+        events = self._stream_events(self.path_for(request, "chat/completions"), self.build_body(request, stream=True),
                                      request.timeout, state)
         async with aclosing(events):
             async for event in events:
@@ -240,6 +243,41 @@ class OpenAIProvider(HTTPProvider):
     async def health_check(self) -> None:
         self._check_key()
         await self._get("/models")
+
+    def path_for(self, request: Request, endpoint: str) -> str:
+        """The path of ``endpoint`` ("chat/completions", "embeddings") for ``request`` (Azure overrides)."""
+        return f"/{endpoint}"
+
+    # -- embeddings ------------------------------------------------------------------------------
+
+    def embedding_body(self, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": request.model, "input": embedding_input(request),
+                                "encoding_format": "float"}
+        body.update((k, v) for k, v in request.extra.items() if k not in ("model", "input"))
+        return body
+
+    async def embed(self, request: Request) -> EmbeddingResponse:
+        self._check_key()
+        texts = embedding_input(request)
+        data, resp = await self._post_json(self.path_for(request, "embeddings"), self.embedding_body(request),
+                                           request.timeout)
+        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+            if isinstance(data, dict) and data.get("error") is not None:
+                raise self._stream_error(data, resp)
+            raise e.ProviderConnectionError("malformed embeddings response: no 'data' list", provider=self.name,
+                                            status=resp.status_code)
+        items = sorted((d for d in data["data"] if isinstance(d, dict)), key=lambda d: _n(d.get("index")))
+        vectors = [d.get("embedding") for d in items]
+        if len(vectors) != len(texts) or not all(isinstance(v, list) for v in vectors):
+            raise e.ProviderConnectionError(f"malformed embeddings response: {len(vectors)} vectors for "
+                                            f"{len(texts)} inputs", provider=self.name, status=resp.status_code)
+        raw_usage = data.get("usage")
+        usage = (Usage(input_tokens=_n(raw_usage.get("prompt_tokens") or raw_usage.get("total_tokens")))
+                 if isinstance(raw_usage, dict) else estimate_embedding_usage(request))
+        return self.embedding_response(
+            request, vectors, usage, model=data.get("model") or request.model,
+            raw={k: v for k, v in data.items() if k != "data"}, rate_limit=parse_rate_limit_headers(resp.headers),
+            provider_request_id=resp.headers.get(self.request_id_header))
 
 
 def tool_calls(calls: Any) -> list[ToolCall]:

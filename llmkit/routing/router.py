@@ -34,7 +34,7 @@ from .._errors import (
 )
 from .._events import EventLog
 from .._secrets import logger, redact
-from .._types import Attempt, Request, Response, StreamChunk
+from .._types import Attempt, EmbeddingResponse, Request, Response, StreamChunk
 from ..providers.base import Provider, prompt_tokens
 from .breaker import Breaker
 from .limits import PausedTooLong, PriorityGate, Throttle
@@ -150,6 +150,13 @@ class Router:
 
         return await self._with_fallback(request, attempts, deadline, call, before)
 
+    async def route_call(self, request: Request, attempts: list[Attempt], deadline: float,
+                         call: Callable[[Provider, Request], Awaitable[T]], before: BeforeCandidate | None = None,
+                         candidates: list[tuple[Slot, str]] | None = None) -> T:
+        """Route a call other than a completion (an embedding) through the same chain: ``candidates``
+        (default: every provider serving the model, then its fallbacks), limits, breakers, retries."""
+        return await self._with_fallback(request, attempts, deadline, call, before, candidates)
+
     async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float,
                           before: BeforeCandidate | None = None
                           ) -> tuple[Slot, StreamChunk, AsyncIterator[StreamChunk]]:
@@ -171,9 +178,11 @@ class Router:
 
     async def _with_fallback(self, request: Request, attempts: list[Attempt], deadline: float,
                              call: Callable[[Provider, Request], Awaitable[T]],
-                             before: BeforeCandidate | None = None) -> T:
+                             before: BeforeCandidate | None = None,
+                             candidates: list[tuple[Slot, str]] | None = None) -> T:
         errors: list[BaseException] = []
-        candidates = self.candidates(request.model, request.provider)
+        if candidates is None:
+            candidates = self.candidates(request.model, request.provider)
         for index, (slot, model) in enumerate(candidates):
             req = request if model == request.model else dataclasses.replace(request, model=model)
             if before is not None:
@@ -303,11 +312,12 @@ class Router:
         duration = self.clock() - start
         slot.breaker.report(None, probe)
         self._record(attempts, slot, request, "ok", None, duration, retry)
-        if isinstance(result, Response):
+        if isinstance(result, (Response, EmbeddingResponse)):
             self._after_response(slot, request, result, estimate)
         return result
 
-    def _after_response(self, slot: Slot, request: Request, response: Response, estimate: int) -> None:
+    def _after_response(self, slot: Slot, request: Request, response: Response | EmbeddingResponse,
+                        estimate: int) -> None:
         slot.throttle.correct(estimate, response.usage.total_tokens)
         info = response.rate_limit
         pause = info.pause_s() if info is not None else None

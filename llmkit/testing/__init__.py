@@ -2,7 +2,8 @@
 
 Each server runs its own event loop in a daemon thread, so it works under sync and async tests alike,
 and is scripted thread-safely from the test. Replies, errors and streams have the shapes the real
-services send (OpenAI, Anthropic, and the OpenAI-compatible quirks of Ollama, vLLM and llama.cpp).
+services send (OpenAI, Anthropic, Gemini, Azure OpenAI, and the OpenAI-compatible quirks of Ollama,
+vLLM and llama.cpp), embeddings included.
 
     >>> import llmkit
     >>> from llmkit.testing import FakeOpenAIServer
@@ -33,17 +34,25 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import wire as w
+from .azure import FakeAzureOpenAIServer
 from .base import FakeLLMServer
+from .gemini import FakeGeminiServer
 from .http import RecordedRequest
 from .servers import FakeAnthropicServer, FakeOpenAIServer
 
-__all__ = ["FakeAnthropicServer", "FakeLLMServer", "FakeOpenAIServer", "RecordedRequest", "main", "make_server"]
+__all__ = ["FakeAnthropicServer", "FakeAzureOpenAIServer", "FakeGeminiServer", "FakeLLMServer", "FakeOpenAIServer",
+           "RecordedRequest", "main", "make_server"]
 
 
 def make_server(flavor: str = "openai", **kwargs: Any) -> FakeLLMServer:
-    """A fake server for ``flavor``: ``anthropic`` or one of ``openai``, ``ollama``, ``vllm``, ``llamacpp``."""
+    """A fake server for ``flavor``: ``anthropic``, ``gemini``, ``azure`` or one of ``openai``, ``ollama``,
+    ``vllm``, ``llamacpp``."""
     if flavor == "anthropic":
         return FakeAnthropicServer(**kwargs)
+    if flavor == "gemini":
+        return FakeGeminiServer(**kwargs)
+    if flavor == "azure":
+        return FakeAzureOpenAIServer(**kwargs)
     return FakeOpenAIServer(flavor=flavor, **kwargs)
 
 
@@ -52,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llmkit.testing", description="llmkit's fake LLM servers")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a fake until interrupted; prints its base URL")
-    serve.add_argument("--flavor", choices=[*w.OPENAI_FLAVORS, "anthropic"], default="openai")
+    serve.add_argument("--flavor", choices=[*w.OPENAI_FLAVORS, "anthropic", "gemini", "azure"], default="openai")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=0)
     serve.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")

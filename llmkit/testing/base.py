@@ -130,6 +130,10 @@ class FakeLLMServer(FakeHTTPServer):
     def is_completion(self, path: str) -> bool:
         return path == self.completion_path
 
+    def _is_stream(self, request: RecordedRequest) -> bool:
+        """Whether the client asked for a stream (OpenAI/Anthropic: ``"stream": true`` in the body)."""
+        return isinstance(request.json, dict) and bool(request.json.get("stream"))
+
     def _headers(self, request: RecordedRequest) -> dict[str, str]:
         return self._rate_headers() if self._rate else {}
 
@@ -193,7 +197,7 @@ class FakeLLMServer(FakeHTTPServer):
         if kind == "error":
             self.send_json(writer, action.status, headers, self._error_body(request, action), self.error_indent)
             return True
-        stream = isinstance(request.json, dict) and bool(request.json.get("stream"))
+        stream = self._is_stream(request)
         if kind == "malformed":
             if stream:
                 return await self.send_events(writer, headers, [b'data: {"id": "broken", "choices": [\n\n'])

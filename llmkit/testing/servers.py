@@ -41,10 +41,12 @@ class FakeOpenAIServer(FakeLLMServer):
 
     completion_path = "/v1/chat/completions"
 
-    def __init__(self, *, flavor: str = "openai", usage: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, flavor: str = "openai", usage: bool = True, embedding_dimensions: int = 32,
+                 **kwargs: Any) -> None:
         if flavor not in w.OPENAI_FLAVORS:
             raise ValueError(f"flavor must be one of {w.OPENAI_FLAVORS}, got {flavor!r}")
         super().__init__(**kwargs)
+        self.embedding_dimensions = embedding_dimensions
         self.flavor = flavor
         self.send_usage = usage
         self.error_indent = 2 if flavor == "openai" else None
@@ -199,6 +201,11 @@ class FakeOpenAIServer(FakeLLMServer):
             models = [self.model or "fake-model"]
             self.send_json(writer, 200, headers, {"object": "list", "data": [
                 {"id": m, "object": "model", "created": 1686935002, "owned_by": "llmkit-fake"} for m in models]})
+        elif path in ("/v1/embeddings", "/embeddings") and request.method == "POST":
+            body = request.json if isinstance(request.json, dict) else {}
+            dims = body.get("dimensions") or self.embedding_dimensions
+            model = self._model(request, Action("reply"))
+            self.send_json(writer, 200, headers, w.openai_embeddings(body, int(dims), model))
         elif path == "/health" and self.flavor in ("vllm", "llamacpp"):
             if self.flavor == "vllm":
                 self.send(writer, 200, headers, b"")

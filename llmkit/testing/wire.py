@@ -104,6 +104,26 @@ def sse(data: Any, event: str | None = None, pad: int = 0) -> bytes:
     return (f"event: {event}\n" if event else "").encode() + b"data: " + text.encode() + b"\n\n"
 
 
+def embedding_inputs(body: Any) -> list[str]:
+    """The texts of an OpenAI ``/embeddings`` body (a string or a list of strings)."""
+    value = body.get("input") if isinstance(body, dict) else None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def openai_embeddings(body: Any, dims: int, model: str) -> dict[str, Any]:
+    """An OpenAI ``/embeddings`` answer: the mock's deterministic unit vectors, one per input."""
+    from ..providers.mock import mock_embedding
+
+    texts = embedding_inputs(body)
+    tokens = sum(estimate(t) for t in texts)
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": mock_embedding(t, dims)}
+                     for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
 # ----------------------------------------------------------------------------------------------
 # errors
 
