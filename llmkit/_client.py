@@ -276,13 +276,12 @@ class Client:
                             **kwargs)
 
     def _embed_cache(self, cache: Any) -> Any:
-        """``cache=True``: this client's per-text embedding cache; False/None: none; else the object given."""
+        """``cache=True``: the per-text embedding cache on the client's response cache file (``cache=`` of the
+        client, else ``cache.sqlite3`` beside the ledger); False/None: none; else the object given."""
         if cache is True:
-            if getattr(self, "_embedding_cache", None) is None:
-                from .embeddings import MemoryEmbeddingCache
+            from .embeddings import PersistentEmbeddingCache
 
-                self._embedding_cache = MemoryEmbeddingCache()
-            return self._embedding_cache
+            return PersistentEmbeddingCache(self._service.cache)
         return None if cache is None or cache is False else cache
 
     # -- observability -------------------------------------------------------------------------

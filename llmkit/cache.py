@@ -757,6 +757,35 @@ class ResponseCache:
         except Exception as exc:  # an answer that cannot be encoded, a closed or broken store
             self.warn(f"an answer could not be stored in the response cache ({redact(str(exc))})", request.id)
 
+    def get_blobs(self, keys: list[str]) -> list[bytes | None]:
+        """Raw stored bytes by key (e.g. embedding vectors), honouring the TTL; misses on any error."""
+        backend = self._open()
+        if backend is None:
+            return [None] * len(keys)
+        now = self.clock()
+        out: list[bytes | None] = []
+        try:
+            for key in keys:
+                entry = backend.lookup(key, now)
+                fresh = entry is not None and (self.ttl is None or now - entry.created <= self.ttl)
+                out.append(entry.payload if fresh and entry is not None else None)
+        except Exception as exc:
+            self.warn(f"reading the response cache {backend.location} failed ({redact(str(exc))}); "
+                      "treated as a miss", None)
+            return [None] * len(keys)
+        return out
+
+    def put_blobs(self, items: list[tuple[str, bytes]]) -> None:
+        """Store raw bytes by key. Never raises (a failure is a warning event)."""
+        backend = self._open()
+        if backend is None:
+            return
+        try:
+            for key, payload in items:
+                backend.store(key, Entry(payload, self.clock(), None), ttl=self.ttl, max_bytes=self.max_bytes)
+        except Exception as exc:
+            self.warn(f"vectors could not be stored in the response cache ({redact(str(exc))})", None)
+
     # -- management ----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from ._errors import InvalidRequestError, ProviderError
 from ._secrets import redact
 from ._types import Attempt, EmbeddingResponse, Request
 from ._validate import build_request, encodable
+from .cache import ResponseCache
 from .ledger.store import LedgerRecord
 from .providers.base import Provider
 
@@ -79,6 +81,31 @@ class MemoryEmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class PersistentEmbeddingCache:
+    """The per-text ``EmbeddingCache`` on the client's response cache file (SQLite, or any cache backend):
+    one entry per (model, parameters, text), keyed by SHA-256, holding the vector as float32 bytes."""
+
+    def __init__(self, cache: ResponseCache) -> None:
+        self.cache = cache
+
+    @staticmethod
+    def _key(model: str, key: str, text: str) -> str:
+        doc = "\x00".join(("embedding-v1", model, key, text)).encode("utf-8", "surrogatepass")
+        return hashlib.sha256(doc).hexdigest()
+
+    def get_many(self, model: str, key: str, texts: Sequence[str]) -> list[Any | None]:
+        import numpy as np
+
+        blobs = self.cache.get_blobs([self._key(model, key, t) for t in texts])
+        return [None if b is None or len(b) % 4 else np.frombuffer(b, dtype=np.float32) for b in blobs]
+
+    def put_many(self, model: str, key: str, texts: Sequence[str], vectors: Any) -> None:
+        import numpy as np
+
+        self.cache.put_blobs([(self._key(model, key, t), np.asarray(v, dtype=np.float32).tobytes())
+                              for t, v in zip(texts, vectors, strict=True)])
 
 
 # ----------------------------------------------------------------------------------------------

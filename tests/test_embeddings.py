@@ -120,6 +120,25 @@ def test_embed_dedupes_caches_and_returns_arrays(openai_server: FakeOpenAIServer
     assert len(own) == 1
 
 
+def test_embed_cache_persists_in_the_cache_file_across_clients(openai_server: FakeOpenAIServer,
+                                                               tmp_path: Any) -> None:
+    """``embed`` keeps each text's vector in the client's cache file: a new client asks only for new texts."""
+    entry = [{"name": "openai", "adapter": "openai", "api_key": KEY, "base_url": openai_server.url,
+              "models": ["text-embedding-3-small"]}]
+    path = tmp_path / "answers.sqlite3"
+    with llmkit.Client(entry, ledger=None, health_interval=None, cache=str(path)) as client:
+        first = client.embed(["alpha", "beta"], model="text-embedding-3-small", as_array=True, progress=False)
+    with llmkit.Client(entry, ledger=None, health_interval=None, cache=str(path)) as client:
+        again = client.embed(["beta", "alpha", "gamma"], model="text-embedding-3-small", as_array=True,
+                             progress=False)
+        other = client.embed(["alpha"], model="text-embedding-3-small", as_array=True, progress=False,
+                             dimensions=4)  # another parameter that changes the vector: a miss
+    calls = embedding_calls(openai_server)
+    assert [c.json["input"] for c in calls] == [["alpha", "beta"], ["gamma"], ["alpha"]]
+    assert np.allclose(again[:2], first[::-1]) and again.dtype == np.float32
+    assert other.shape[0] == 1
+
+
 def test_batches_stay_within_the_provider_limit() -> None:
     with FakeGeminiServer(api_key="g") as server, llmkit.Client(
             [{"name": "g", "adapter": "gemini", "api_key": "g", "base_url": server.url,
