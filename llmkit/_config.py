@@ -121,6 +121,8 @@ class ClientConfig:
     max_events: int = 50_000
     retry_after_cap: float = 60.0
     store_prompts: bool = False
+    shared_state: str | None = None  # "redis://host:port/db": limits, breakers and budget shared (llmkit.shared)
+    namespace: str = "llmkit"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +353,26 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         max_events=_positive_int(raw.get("max_events", 50_000), where, "max_events"),
         retry_after_cap=_positive_number(raw.get("retry_after_cap", 60.0), where, "retry_after_cap"),
         store_prompts=bool(raw.get("store_prompts", False)),
+        shared_state=_parse_shared_state(raw.get("shared_state"), where),
+        namespace=_parse_namespace(raw.get("namespace", "llmkit"), where),
     )
+
+
+def _parse_shared_state(value: Any, where: _Where) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^(rediss?|unix)://\S+$", value):
+        raise where.error("shared_state", "a Redis URL like 'redis://127.0.0.1:6379/0'", "<not shown>")
+    from urllib.parse import urlsplit
+
+    register_secret(urlsplit(value).password)  # a password in the URL never shows in errors or logs
+    return value
+
+
+def _parse_namespace(value: Any, where: _Where) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.\-]+", value):
+        raise where.error("namespace", "a key prefix of letters, digits, '.', '-' or '_'", value)
+    return value
 
 
 def load_config(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> ClientConfig:

@@ -24,6 +24,7 @@ KINDS = (
     "provider_pause",   # provider, pause_s (a server asked us to back off)
     "health_check",     # provider, ok, error, duration_s
     "request",          # request finished: status, error_type
+    "shared_state",     # Redis behind shared state went away ("down": local state decides) or came back ("up")
 )
 
 
