@@ -22,8 +22,8 @@ from typing import Any, Protocol
 from .._config import RateLimit
 from .link import RedisLink
 
-#: Extra hold of the main request window: 2% of its period, at most 50 ms.
-WINDOW_MARGIN = (0.02, 0.05)
+#: Extra hold of the main request window: 5% of its period, at most 100 ms.
+WINDOW_MARGIN = (0.05, 0.1)
 
 ADMIT = """
 if redis.replicate_commands then redis.replicate_commands() end

@@ -69,7 +69,7 @@ def test_the_window_counter() -> None:
 def test_two_processes_on_one_limit_never_exceed_it_in_any_window(redis_url: str) -> None:
     limit, each = 6, 9
     with TimedServer() as server:
-        spec = {"redis": redis_url, "base_url": server.url, "requests": each,
+        spec = {"redis": redis_url, "base_url": server.url, "requests": each, "start_at": time.time() + 3,
                 "provider": {"rate_limit": f"{limit}/second"}}
         outs = results(start_workers([spec, spec]))
         arrivals = list(server.arrivals)

@@ -14,9 +14,8 @@ MESSAGES = [{"role": "user", "content": "hello"}]
 
 
 def build(spec: dict[str, Any]) -> llmkit.Client:
-    provider = {"name": "p", "adapter": spec.get("adapter", "openai"), "max_retries": 0, **spec.get("provider", {})}
-    if provider["adapter"] == "openai":
-        provider.update(api_key="sk-test", base_url=spec["base_url"])
+    provider = {"name": "p", "adapter": "openai", "max_retries": 0, "api_key": "sk-test", "base_url": spec["base_url"],
+                **spec.get("provider", {})}
     return llmkit.Client(providers=[provider], ledger=None, health_interval=None, shared_state=spec["redis"],
                          namespace=spec.get("namespace", "llmkit"), budget_usd=spec.get("budget_usd"),
                          timeout=30.0)
@@ -26,6 +25,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"ok": 0, "errors": {}, "cost": 0.0}
     deadline = time.monotonic() + spec.get("max_seconds", 20.0)
     with build(spec) as client:
+        if "start_at" in spec:  # warm up (imports, connections, scripts), then start with the others
+            client.check_health()
+            time.sleep(max(0.0, spec["start_at"] - time.time()))
         for _ in range(spec["requests"]):
             if time.monotonic() > deadline:
                 break
