@@ -51,6 +51,8 @@ class SharedState:
                 throttle.limits = self.limits[slot.name] = limits
             breaker = SharedBreaker(slot.name, config.breaker, config.timeout, self.link, slot.breaker, events)
             slot.breaker = self.breakers[slot.name] = breaker
+            if slot.name in self.limits:
+                self.limits[slot.name].breaker = breaker  # one round trip per call for both
 
     def share_budget(self, budget: Any, events: EventLog) -> SharedBudget:
         """The budget to use: ``budget`` (the local one) with its spend shared."""

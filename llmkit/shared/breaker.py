@@ -76,6 +76,8 @@ return {state, fails, string.format('%.0f', opened), string.format('%.0f', now),
 """
 
 _tokens = itertools.count()
+#: How long the state the rate-limit script brought along stands in for ``sync()``'s own round trip.
+PREFETCH_FRESH_S = 0.05
 
 
 class LocalBreaker(Protocol):
@@ -113,7 +115,7 @@ class SharedBreaker:
         self._events = events
         self._clock = clock
         base = link.key("breaker", "{" + provider + "}")
-        self._keys = [base, base + ":probe"]
+        self.keys = [base, base + ":probe"]
         self._lock_ms = int((timeout_s + 5.0) * 1000)
         self._owner = uuid.uuid4().hex[:12]
         # the mirror of the shared state, as of the last script's answer
@@ -125,6 +127,7 @@ class SharedBreaker:
         self._mirrored = False
         self._granted: str | None = None   # a probe claimed by sync() and not yet taken by admit()
         self._probe: str | None = None     # the probe this process is running
+        self._prefetched_at: float | None = None  # when the rate-limit script last brought the state along
         self.transitions: list[tuple[float, State | None, State]] = []
 
     @property
@@ -156,11 +159,28 @@ class SharedBreaker:
 
     # -- driving -------------------------------------------------------------------------------
 
+    def new_token(self) -> str:
+        return f"{self._owner}:{next(_tokens)}"
+
+    def probe_args(self, token: str) -> list[Any]:
+        """What a script needs to claim the probe as ``token``: reset timeout (µs), token, lock time (ms)."""
+        return [int(self.config.reset_timeout * 1e6), token, self._lock_ms]
+
+    def prefetched(self, result: Any, token: str) -> None:
+        """The provider's rate-limit script read this breaker (and maybe claimed the probe) on its way."""
+        self._apply(result)
+        if int(result[4]):
+            self._granted = token
+        self._prefetched_at = self._clock()
+
     async def sync(self) -> None:
-        """Before a call: read the shared state and claim the half-open probe when one is due."""
-        token = f"{self._owner}:{next(_tokens)}"
-        args = ["1", int(self.config.reset_timeout * 1e6), token, self._lock_ms]
-        result = await self._link.run("breaker.sync", SYNC, self._keys, args)
+        """Before a call: read the shared state and claim the half-open probe when one is due (free when
+        the rate-limit script did it just now)."""
+        fetched, self._prefetched_at = self._prefetched_at, None
+        if fetched is not None and self._clock() - fetched < PREFETCH_FRESH_S and self._link.sharing:
+            return
+        token = self.new_token()
+        result = await self._link.run("breaker.sync", SYNC, self.keys, ["1", *self.probe_args(token)])
         if result is None:
             self._mirrored = False
             return
@@ -217,7 +237,7 @@ class SharedBreaker:
 
     def _send(self, outcome: str, token: str, otherwise: Callable[[], None] | None = None) -> None:
         async def send() -> None:
-            result = await self._link.run("breaker.report", REPORT, self._keys,
+            result = await self._link.run("breaker.report", REPORT, self.keys,
                                           [outcome, self.config.fail_max, token])
             if result is None:
                 self._mirrored = False
@@ -229,7 +249,9 @@ class SharedBreaker:
         self._link.spawn(send())
 
     def _apply(self, result: Any) -> None:
-        state, fails, opened, now = str(result[0]), int(result[1]), int(result[2]), int(result[3])
+        raw = result[0]
+        state = raw.decode() if isinstance(raw, bytes) else str(raw)
+        fails, opened, now = int(result[1]), int(result[2]), int(result[3])
         old = self._state if self._mirrored else None
         self._fails, self._opened_us, self._server_us, self._seen_at = fails, opened, now, self._clock()
         self._state = state if state in ("closed", "open", "half_open") else "closed"  # type: ignore[assignment]

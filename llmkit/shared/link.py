@@ -13,6 +13,7 @@ The ``redis`` package (``pip install llmkit[redis]``) is imported on first use o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ class RedisLink:
         self.failures = 0
         self._retry_at = 0.0
         self._client: Any = None
-        self._scripts: dict[str, Any] = {}
+        self._scripts: dict[str, str] = {}  # name -> SHA1 of its source
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def key(self, *parts: str) -> str:
@@ -59,7 +60,7 @@ class RedisLink:
 
         return aioredis.Redis.from_url(
             self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0), decode_responses=True, health_check_interval=0)
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
 
     async def run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the Lua ``source`` (cached by ``name``) atomically; None when Redis is not reachable."""
@@ -68,10 +69,15 @@ class RedisLink:
         try:
             if self._client is None:
                 self._client = self._connect()
-            script = self._scripts.get(name)
-            if script is None:
-                script = self._scripts[name] = self._client.register_script(source)
-            result = await script(keys=list(keys), args=list(args))
+            sha = self._scripts.get(name)
+            if sha is None:
+                sha = self._scripts[name] = hashlib.sha1(source.encode()).hexdigest()
+            try:
+                result = await self._client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            except Exception as exc:
+                if type(exc).__name__ != "NoScriptError":  # (redis.exceptions: imported on first use only)
+                    raise
+                result = await self._client.execute_command("EVAL", source, len(keys), *keys, *args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a connection, timeout or server error: local state takes over
