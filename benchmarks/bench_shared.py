@@ -34,18 +34,26 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 NEVER_BINDS = {"count": 1_000_000, "period": "second", "burst": 1_000_000}
 
 
-def latencies(shared_state: str | None, n: int) -> list[float]:
+def latencies(shared_state: str, n: int) -> tuple[list[float], list[float]]:
+    """Per-call latencies of a local and a shared client, measured in alternating rounds (so that a change
+    in the machine's load hits both alike)."""
     provider = {"name": "m", "adapter": "mock", "rate_limit": NEVER_BINDS, "max_retries": 0}
-    out = []
-    with llmkit.Client(providers=[provider], ledger=None, health_interval=None, shared_state=shared_state) as c:
-        for _ in range(max(20, n // 10)):  # warm up: connections, scripts
-            c.completion(model="x", messages=MESSAGES)
-        for _ in range(n):
-            t = time.perf_counter()
-            c.completion(model="x", messages=MESSAGES)
-            out.append(time.perf_counter() - t)
-        if shared_state is not None:
-            assert [e.detail["state"] for e in c.event_list("shared_state")] == ["up"], "Redis went away"
+    out: tuple[list[float], list[float]] = ([], [])
+    with llmkit.Client(providers=[provider], ledger=None, health_interval=None) as local, \
+            llmkit.Client(providers=[provider], ledger=None, health_interval=None, shared_state=shared_state) as shared:
+        clients = (local, shared)
+        for c in clients:
+            for _ in range(max(20, n // 10)):  # warm up: connections, scripts
+                c.completion(model="x", messages=MESSAGES)
+        rounds = 10
+        for _ in range(rounds):
+            for c, samples in zip(clients, out, strict=True):
+                for _ in range(n // rounds):
+                    t = time.perf_counter()
+                    c.completion(model="x", messages=MESSAGES)
+                    samples.append(time.perf_counter() - t)
+        states = [e.detail["state"] for e in shared.event_list("shared_state")]
+        assert states == ["up"], f"Redis went away during the run: {states}"
     return out
 
 
@@ -97,14 +105,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = 300 if args.quick else 3000
     per_process = 15 if args.quick else 200
     with RedisServer() as server:
-        local = latencies(None, n)
-        shared = latencies(server.url, n)
+        local, shared = latencies(server.url, n)
         overhead = percentile(shared, 50) - percentile(local, 50)
         print(table(["client", "p50", "p95"], [
             ["local limits + breaker", us(percentile(local, 50)), us(percentile(local, 95))],
             ["shared on Redis (loopback)", us(percentile(shared, 50)), us(percentile(shared, 95))],
             ["difference", us(overhead), us(percentile(shared, 95) - percentile(local, 95))],
-        ], title=f"Sequential calls on the mock adapter ({n} each)"))
+        ], title=f"Sequential calls on the mock adapter ({n} each, in alternating rounds)"))
         limit = one_limit(server.url, 4, per_process)
     print()
     print(table(["processes x requests", "most in any 1 s", "total time", "ideal n/20"], [

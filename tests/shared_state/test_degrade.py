@@ -109,3 +109,33 @@ def test_one_half_open_probe_cluster_wide(redis_url: str) -> None:
         while b.health().loc[0, "breaker_state"] != "closed" and time.monotonic() < deadline:
             b.completion(model="x", messages=MESSAGES)
         assert a.health().loc[0, "breaker_state"] == b.health().loc[0, "breaker_state"] == "closed"
+
+
+@pytest.mark.timeout(60)
+def test_a_shared_limit_still_serves_waiters_by_priority(redis_url: str) -> None:
+    with client(redis_url, rate_limit="20/second") as c:
+        c.completion(model="x", messages=MESSAGES)  # takes the first slot: the rest queue behind it
+        ids = {c.completion_async(model="x", messages=MESSAGES, priority=p): p for p in (5, 4, 3, 2, 1, 0)}
+        for rid in ids:
+            c.get_result(rid, timeout=20)
+        order = [ids[e.request_id] for e in c.event_list("request") if e.request_id in ids]
+    # the first submitted may have taken the turn before the others arrived; the rest go lowest first
+    assert order[1:] == sorted(order[1:]) and len(order) == 6
+
+
+@pytest.mark.timeout(60)
+def test_token_limits_are_shared_too(redis_url: str) -> None:
+    settings = {"tokens_per_minute": 1000}
+    with client(redis_url, **settings) as a, client(redis_url, **settings) as b:
+        a.completion(model="x", messages=MESSAGES, max_tokens=600)  # about 610 of the minute's 1000 tokens
+        start = time.monotonic()
+        rid = b.completion_async(model="x", messages=MESSAGES, max_tokens=600)
+        with pytest.raises(TimeoutError):
+            b.get_result(rid, timeout=0.5)  # b waits: a's tokens count in the shared minute
+        assert time.monotonic() - start < 5
+        b.cancel(rid)
+        shared = redis.Redis.from_url(redis_url, decode_responses=True)
+        try:
+            assert 600 <= float(shared.get("llmkit:limits:{m}:tokens:1000:total") or 0) <= 1000
+        finally:
+            shared.close()
