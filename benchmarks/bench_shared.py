@@ -7,7 +7,7 @@
    calls ran (the system-wide monotonic clock). The figures: the most calls in any 1 s window (goal: never
    above 20) and the total time (goal: within 10% of 800/20 = 40 s). ``--quick`` sends 4 x 15.
 
-It starts its own redis-server (``llmkit.testing.redis``) and skips, saying so, when none is installed.
+It starts its own redis-server (``llmkit.testing.redis_server``) and skips, saying so, when none is installed.
 
     python benchmarks/bench_shared.py [--quick] [--json out.json]
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import goal, machine, percentile, print_goals, table, us, write_json
 
 import llmkit
-from llmkit.testing.redis import RedisServer
+from llmkit.testing.redis_server import RedisServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 NEVER_BINDS = {"count": 1_000_000, "period": "second", "burst": 1_000_000}

@@ -1,4 +1,4 @@
-"""A real redis-server for the shared-state tests (``llmkit.testing.redis.RedisServer``): a free
+"""A real redis-server for the shared-state tests (``llmkit.testing.redis_server.RedisServer``): a free
 127.0.0.1 port, persistence off, stopped after the session. Missing redis-server: the tests skip, except
 in CI (``CI=true``), where that is a failure (``.ci/run`` installs it)."""
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmkit.testing.redis import RedisServer, free_port
+from llmkit.testing.redis_server import RedisServer, free_port
 
 __all__ = ["RedisServer", "free_port"]
 

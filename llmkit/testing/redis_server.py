@@ -1,6 +1,6 @@
 """A throwaway ``redis-server`` for tests, benchmarks and tutorials of shared state.
 
-    >>> from llmkit.testing.redis import RedisServer
+    >>> from llmkit.testing.redis_server import RedisServer
     >>> with RedisServer() as server:          # doctest: +SKIP
     ...     client = llmkit.Client(shared_state=server.url)
 
