@@ -21,6 +21,10 @@ from typing import Any
 from .._events import EventLog
 from .._secrets import logger, redact
 
+#: Connections to Redis per client; more callers at once wait (at most POOL_WAIT_S) for one.
+MAX_CONNECTIONS = 16
+POOL_WAIT_S = 2.0
+
 
 class RedisLink:
     """Scripts on one Redis (``url``), keys under ``namespace``; degrades to None when Redis is away."""
@@ -58,9 +62,11 @@ class RedisLink:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        return aioredis.Redis.from_url(
-            self.url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        # a bounded pool that makes callers wait for a connection (many requests at once must not fail)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        return aioredis.Redis(connection_pool=pool)
 
     async def run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the Lua ``source`` (cached by ``name``) atomically; None when Redis is not reachable."""

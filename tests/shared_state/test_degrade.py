@@ -139,3 +139,13 @@ def test_token_limits_are_shared_too(redis_url: str) -> None:
             assert 600 <= float(shared.get("llmkit:limits:{m}:tokens:1000:total") or 0) <= 1000
         finally:
             shared.close()
+
+
+@pytest.mark.timeout(60)
+def test_many_requests_at_once_wait_for_a_connection_instead_of_degrading(redis_url: str) -> None:
+    entry = {"name": "m", "adapter": "mock", "max_retries": 0, "rate_limit": "1000/second"}
+    with llmkit.Client(providers=[entry], ledger=None, health_interval=None, shared_state=redis_url,
+                       budget_usd=100.0) as c:
+        ids = [c.completion_async(model="x", messages=MESSAGES) for _ in range(150)]  # 150 budget holds at once
+        assert all(c.get_result(rid, timeout=30).content for rid in ids)
+        assert states(c) == ["up"]
