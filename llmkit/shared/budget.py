@@ -30,7 +30,7 @@ from .._events import Event, EventLog
 from .link import RedisLink
 
 #: Seconds a reservation counts before it is presumed abandoned (its process died).
-HOLD_TTL_S = 3600.0
+HOLD_TTL_S = 900.0
 
 RESERVE = """
 if redis.replicate_commands then redis.replicate_commands() end
