@@ -21,9 +21,8 @@ from typing import Any
 from .._events import EventLog
 from .._secrets import logger, redact
 
-#: Connections to Redis per client; more callers at once wait (at most POOL_WAIT_S) for one.
+#: Connections to Redis per client; more callers at once wait their turn for one.
 MAX_CONNECTIONS = 16
-POOL_WAIT_S = 2.0
 
 
 class RedisLink:
@@ -43,6 +42,7 @@ class RedisLink:
         self._client: Any = None
         self._scripts: dict[str, str] = {}  # name -> SHA1 of its source
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._slots: asyncio.Semaphore | None = None  # created on the loop that uses the link
 
     def key(self, *parts: str) -> str:
         return ":".join((self.namespace, *parts))
@@ -62,11 +62,10 @@ class RedisLink:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
-        # a bounded pool that makes callers wait for a connection (many requests at once must not fail)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S, socket_timeout=self.timeout_s,
+        # at most MAX_CONNECTIONS calls are in flight (``_slots``), so the pool never runs out and refuses
+        return aioredis.Redis.from_url(
+            self.url, max_connections=MAX_CONNECTIONS + 4, socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s, retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        return aioredis.Redis(connection_pool=pool)
 
     async def run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the Lua ``source`` (cached by ``name``) atomically; None when Redis is not reachable."""
@@ -78,12 +77,15 @@ class RedisLink:
             sha = self._scripts.get(name)
             if sha is None:
                 sha = self._scripts[name] = hashlib.sha1(source.encode()).hexdigest()
-            try:
-                result = await self._client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            except Exception as exc:
-                if type(exc).__name__ != "NoScriptError":  # (redis.exceptions: imported on first use only)
-                    raise
-                result = await self._client.execute_command("EVAL", source, len(keys), *keys, *args)
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+            async with self._slots:
+                try:
+                    result = await self._client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                except Exception as exc:
+                    if type(exc).__name__ != "NoScriptError":  # (redis.exceptions: imported on first use only)
+                        raise
+                    result = await self._client.execute_command("EVAL", source, len(keys), *keys, *args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a connection, timeout or server error: local state takes over
