@@ -144,6 +144,8 @@ class ClientConfig:
     cache: Any = None  # the response cache: None/False off (calls may ask), True, a path, ":memory:", a backend
     cache_ttl: float | None = None  # seconds an answer stays usable; None: no expiry
     cache_max_bytes: int | None = 1 << 30  # stored answers beyond this evict the least recently hit; None: no bound
+    shared_state: str | None = None  # "redis://host:port/db": limits, breakers and budget shared (llmkit.shared)
+    namespace: str = "llmkit"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,6 +414,8 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         max_validation_retries=_positive_int(raw.get("max_validation_retries", 2), where, "max_validation_retries",
                                              zero_ok=True),
         **_parse_cache(raw, where),
+        shared_state=_parse_shared_state(raw.get("shared_state"), where),
+        namespace=_parse_namespace(raw.get("namespace", "llmkit"), where),
     )
 
 
@@ -428,6 +432,23 @@ def _parse_cache(raw: Mapping[str, Any], where: _Where) -> dict[str, Any]:
     max_bytes = raw.get("cache_max_bytes", 1 << 30)
     return {"cache": cache, "cache_ttl": None if ttl is None else _positive_number(ttl, where, "cache_ttl"),
             "cache_max_bytes": None if max_bytes is None else _positive_int(max_bytes, where, "cache_max_bytes")}
+
+
+def _parse_shared_state(value: Any, where: _Where) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"^(rediss?|unix)://\S+$", value):
+        raise where.error("shared_state", "a Redis URL like 'redis://127.0.0.1:6379/0'", "<not shown>")
+    from urllib.parse import urlsplit
+
+    register_secret(urlsplit(value).password)  # a password in the URL never shows in errors or logs
+    return value
+
+
+def _parse_namespace(value: Any, where: _Where) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[\w.\-]+", value):
+        raise where.error("namespace", "a key prefix of letters, digits, '.', '-' or '_'", value)
+    return value
 
 
 def load_config(path_or_dict: str | os.PathLike[str] | Mapping[str, Any]) -> ClientConfig:

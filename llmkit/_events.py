@@ -25,6 +25,7 @@ KINDS = (
     "health_check",     # provider, ok, error, duration_s
     "request",          # request finished: status, error_type
     "cache_warning",    # the response cache could not be used for a call (a miss instead): message
+    "shared_state",     # Redis behind shared state went away ("down": local state decides) or came back ("up")
 )
 
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import structured
 from ._config import ClientConfig
@@ -33,6 +33,9 @@ from .routing.budget import Budget, Reservation
 from .routing.health import HealthMonitor
 from .routing.router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
 
+if TYPE_CHECKING:
+    from .shared import SharedState
+
 
 class Service:
     """Owns a client's providers and everything that protects, prices and records their calls."""
@@ -46,6 +49,7 @@ class Service:
         self.events = EventLog(config.max_events, wallclock)
         self.providers = {p.name: create_provider(p) for p in config.providers}
         self.slots = [Slot(p, clock, self.events, sleep) for p in self.providers.values()]
+        self.shared = self._share_state(config)  # Redis-backed limits and breakers (None: local only)
         self.health = HealthMonitor(self.providers, {s.name: s.breaker for s in self.slots}, self.events,
                                     interval=config.health_interval, clock=clock, wallclock=wallclock)
         self.router = Router(self.slots, config.fallbacks, self.events, clock, sleep, config.retry_after_cap,
@@ -55,6 +59,8 @@ class Service:
         self.ledger = Ledger(ledger_path)
         self.budget = (Budget(config.budget_usd, config.budget_period, self.ledger, wallclock)
                        if config.budget_usd is not None else None)
+        if self.shared is not None and self.budget is not None:
+            self.budget = self.shared.share_budget(self.budget, self.events)  # type: ignore[assignment]
         self.in_flight = 0  # requests started on the loop and not yet finished
         self._submitted = 0  # requests handed over by completion_async that have not started yet
         self._count_lock = threading.Lock()
@@ -86,6 +92,7 @@ class Service:
             if self.closing:
                 raise asyncio.CancelledError
             token = self._reserve(request)
+            await self._hold(token)
             rebudget, deadline = self._rebudget(token, request), self._deadline_at(request, t0)
             response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
                 request, lambda req: self.router.route(req, attempts, deadline, rebudget),
@@ -128,6 +135,7 @@ class Service:
             if self.closing:
                 raise asyncio.CancelledError
             token = self._reserve(request)
+            await self._hold(token)
             loop = asyncio.get_running_loop()
             total = self._timeout(request)
             hard = loop.time() + total if total is not None else math.inf
@@ -268,6 +276,21 @@ class Service:
         slot, model = self.router.candidates(request.model, request.provider)[0]
         return self.budget.reserve(self._estimate(slot, model, request))
 
+    async def _hold(self, token: Reservation | None) -> None:
+        """A shared budget makes the reservation atomic across processes (may raise BudgetExceededError)."""
+        hold = getattr(self.budget, "hold", None)
+        if token is not None and hold is not None:
+            await hold(token)
+
+    def _share_state(self, config: ClientConfig) -> SharedState | None:
+        if config.shared_state is None:
+            return None
+        from .shared import SharedState
+
+        shared = SharedState(config.shared_state, config.namespace, self.events)
+        shared.attach(self.slots, self.events)
+        return shared
+
     def _estimate(self, slot: Slot, model: str, request: Request) -> float | None:
         estimate = self.pricer.estimate(slot.name, slot.provider.price_provider_id, model,
                                         prompt_tokens(request), request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
@@ -376,6 +399,8 @@ class Service:
             except Exception as err:  # a provider that cannot prepare fails on its first call instead
                 logger.warning("preparing provider %s: %s", provider.name, redact(str(err)))
         self.health.start()
+        if self.shared is not None:
+            self.shared.start()
 
     async def aclose(self) -> None:
         self.closing = True
@@ -392,6 +417,8 @@ class Service:
             except Exception as err:  # closing must not fail because one provider did
                 logger.warning("closing provider %s: %s", provider.name, err)
         await asyncio.get_running_loop().run_in_executor(None, self.cache.close)
+        if self.shared is not None:
+            await self.shared.aclose()
         await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)
 
 

@@ -176,6 +176,7 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         if service.closing:
             raise asyncio.CancelledError
         token = service._reserve(request)
+        await service._hold(token)  # a shared (Redis) budget holds it across processes
         deadline = service._deadline_at(request, t0)
 
         async def call(provider: Provider, req: Request) -> EmbeddingResponse:

@@ -99,6 +99,10 @@ class Breaker:
 
     # -- driving -------------------------------------------------------------------------------
 
+    async def sync(self) -> None:
+        """Awaited by the router just before ``admit``: a shared breaker (``llmkit.shared``) reads its state
+        here; a local one has nothing to do."""
+
     def admit(self) -> bool:
         """Before a call: raise ``CircuitOpenError``, or return True if this call is the half-open probe."""
         raw = _NAMES[self._cb.current_state]

@@ -125,8 +125,9 @@ class Limits(Protocol):
     limit at once, or takes nothing and says how long to wait. ``LocalLimits`` keeps them in this process;
     a shared store (e.g. Redis, one script over its windows) implements the same two calls atomically."""
 
-    def admit(self, tokens: int, now: float) -> float:
-        """Admit one request estimated at ``tokens`` at ``now`` (0.0), or the seconds to wait first."""
+    def admit(self, tokens: int, now: float) -> float | Awaitable[float]:
+        """Admit one request estimated at ``tokens`` at ``now`` (0.0), or the seconds to wait first (a shared
+        store answers with an awaitable)."""
         ...
 
     def charge_tokens(self, tokens: int, now: float) -> None:
@@ -225,7 +226,8 @@ class Throttle:
                 if delay > max_pause:
                     raise PausedTooLong(delay)
                 if delay <= 0 and self.limits is not None:
-                    delay = self.limits.admit(tokens, self._clock())
+                    admitted = self.limits.admit(tokens, self._clock())
+                    delay = admitted if isinstance(admitted, (int, float)) else await admitted
                 if delay <= 0:
                     break
                 await self._sleep(max(delay, 1e-6))  # never a zero sleep: time must move on

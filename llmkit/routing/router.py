@@ -283,6 +283,7 @@ class Router:
 
     async def _call(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                     call: Callable[[Provider, Request], Awaitable[T]], estimate: int) -> T:
+        await slot.breaker.sync()  # a shared breaker reads its state (no-op locally)
         try:
             probe = slot.breaker.admit()
         except CircuitOpenError as exc:
