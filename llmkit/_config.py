@@ -420,9 +420,11 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
 
 
 def _parse_cache(raw: Mapping[str, Any], where: _Where) -> dict[str, Any]:
-    """The response cache's keys: ``cache`` (bool, a path, ":memory:" or a backend object), ``cache_ttl``,
-    ``cache_max_bytes``."""
+    """The response cache's keys: ``cache`` (bool, a path, ":memory:", "redis" or a backend object),
+    ``cache_ttl``, ``cache_max_bytes``."""
     cache = raw.get("cache")
+    if cache == "redis" and not raw.get("shared_state"):
+        raise where.error("cache", "'redis' only with shared_state='redis://...' (where the cache lives)", cache)
     backend = callable(getattr(cache, "lookup", None)) and callable(getattr(cache, "store", None))
     if cache is not None and not isinstance(cache, (bool, str, os.PathLike)) and not backend:
         raise where.error("cache", "true, false, a file path, ':memory:' or a cache backend", cache)

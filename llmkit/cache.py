@@ -669,8 +669,14 @@ class ResponseCache:
     def __init__(self, config: ClientConfig, events: EventLog, clock: Callable[[], float]) -> None:
         setting = getattr(config, "cache", None)
         self.default_on = setting not in (None, False)
+        self._owned: CacheBackend | None = None  # a backend this front made (and closes): Redis
+        if setting == "redis":
+            from .shared.cache_backend import RedisCacheBackend
+
+            self._owned = RedisCacheBackend(config.shared_state, config.namespace)  # type: ignore[arg-type]
         self.location: str | os.PathLike[str] | CacheBackend = (
-            default_location(config.ledger) if setting in (None, True, False) else setting)
+            default_location(config.ledger) if setting in (None, True, False)
+            else self._owned if self._owned is not None else setting)
         self.ttl: float | None = getattr(config, "cache_ttl", None)
         self.max_bytes: int | None = getattr(config, "cache_max_bytes", DEFAULT_MAX_BYTES)
         self.events = events
@@ -822,6 +828,8 @@ class ResponseCache:
             backend, self._backend = self._backend, None
         if backend is not None:
             self._quietly(backend.close)
+        if self._owned is not None:
+            self._quietly(self._owned.close)
 
     # -- pieces --------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
-"""Response-cache entries in Redis, for every client on the same namespace (not wired yet: the cache
-helper's ``llmkit/cache.py`` owns keys, hits and ledger records; this is the storage it can put behind
-them when ``shared_state`` is set).
+"""Response-cache entries in Redis, for every client on the same namespace: the Lua scripts and an async
+store of bytes. ``llmkit.cache`` owns keys, hits and ledger records; ``cache_backend.RedisCacheBackend``
+runs these same scripts behind it for ``Client(cache="redis", shared_state=...)``.
 
 ``RedisCache`` stores bytes under a hex digest (the cache key: SHA-256 over model, messages and the
 parameters that change the answer) with a time to live, under ``<namespace>:cache:``. Beside the

@@ -7,6 +7,7 @@ import hashlib
 
 import pytest
 
+import llmkit
 from llmkit._events import EventLog
 from llmkit.shared.cache import RedisCache
 from llmkit.shared.link import RedisLink
@@ -83,3 +84,50 @@ async def test_redis_away_is_a_miss_never_an_error() -> None:
         assert [e.detail["state"] for e in events.snapshot("shared_state")] == ["down"]
     finally:
         await link.aclose()
+
+
+# -- the response cache on Redis: Client(cache="redis", shared_state=...) ------------------------------
+
+
+def _counting_client(redis_url: str, calls: list[str], **kw: object) -> llmkit.Client:
+    def reply(request: llmkit.Request) -> str:
+        calls.append(request.messages[-1]["content"])
+        return f"answer to {request.messages[-1]['content']}"
+
+    entry = {"name": "mock", "adapter": "mock", "reply": reply, "pricing": {"m": {"input": 1.0, "output": 2.0}}}
+    return llmkit.Client([entry], ledger=None, health_interval=None, shared_state=redis_url, cache="redis", **kw)
+
+
+@pytest.mark.timeout(60)
+def test_the_response_cache_on_redis_is_shared_by_clients(redis_url: str) -> None:
+    calls: list[str] = []
+    msg = [{"role": "user", "content": "hello"}]
+    with _counting_client(redis_url, calls) as one, _counting_client(redis_url, calls) as two:
+        first = one.completion("m", msg)
+        hit = two.completion("m", msg, metadata={"run": 2})  # metadata is not in the key
+        assert calls == ["hello"]  # the second client never reached the provider
+        assert (first.cached, hit.cached, hit.content, hit.cost_usd) == (False, True, first.content, 0.0)
+        assert two.usage()["cost_saved_usd"].iloc[0] == pytest.approx(first.cost_usd)
+        info = two.cache_info()
+        assert (info["entries"], info["hits"]) == (1, 1) and "redis://" in info["path"]
+        two.clear_cache()
+        assert one.cache_info()["entries"] == 0
+        one.completion("m", msg)
+        assert calls == ["hello", "hello"]
+
+
+@pytest.mark.timeout(60)
+def test_redis_away_makes_cache_misses_and_a_warning_never_a_failed_call() -> None:
+    calls: list[str] = []
+    url = f"redis://:s3cret-pw@127.0.0.1:{free_port()}/0"  # nothing listens there
+    with _counting_client(url, calls) as client:
+        for _ in range(3):
+            assert client.completion("m", [{"role": "user", "content": "x"}]).cached is False
+        warnings = client.events("cache_warning")
+        assert calls == ["x", "x", "x"] and len(warnings) >= 1
+        assert "s3cret-pw" not in " ".join(map(str, warnings["message"])) + repr(client.cache_info())
+
+
+def test_cache_redis_needs_shared_state() -> None:
+    with pytest.raises(llmkit.ConfigError, match="shared_state"):
+        llmkit.Client([{"name": "mock", "adapter": "mock"}], ledger=None, cache="redis")

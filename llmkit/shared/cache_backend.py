@@ -1,0 +1,126 @@
+"""The response cache's storage in Redis (``Client(cache="redis", shared_state="redis://...")``).
+
+``RedisCacheBackend`` implements ``llmkit.cache.CacheBackend`` (``lookup``, ``store``, ``discard``,
+``clear``, ``info``, ``close``) on the same keys and scripts as ``RedisCache``: entries under
+``<namespace>:cache:<sha256>``, expiring natively after ``cache_ttl``, with an index that makes ``info()``
+O(entries) in Redis and O(1) here. The cache front (``llmkit.cache.ResponseCache``) keeps its modes, keys,
+TTL check and counts, and turns every error raised here into a miss plus one ``cache_warning`` event: a
+Redis that went away never fails a call. After a failure Redis is left alone for ``retry_s`` (each call
+then misses at once), so a dead server costs one short timeout a second, not one per call.
+
+It speaks redis-py's synchronous client (the front's interface is synchronous, like SQLite's): one round
+trip per lookup or store, on the client's loop thread, bounded by ``timeout_s``. ``cache_max_bytes`` does
+not apply here: bound the memory with Redis's own ``maxmemory`` policy.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .._secrets import redact
+from .cache import CLEAR, GET, INFO, PUT
+
+_HEADER = struct.Struct("!dd")  # created (the cache's clock), cost in USD (NaN: unpriced)
+
+DISCARD = """
+redis.call('DEL', KEYS[4])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """An entry read back (the shape of ``llmkit.cache.Entry``, which sits above this layer)."""
+
+    payload: bytes
+    created: float
+    cost_usd: float | None = None
+
+
+def pack(entry: Any) -> bytes:
+    """An ``llmkit.cache.Entry`` as bytes: its creation time and cost, then the stored answer."""
+    cost = math.nan if entry.cost_usd is None else float(entry.cost_usd)
+    return _HEADER.pack(float(entry.created), cost) + bytes(entry.payload)
+
+
+def unpack(value: bytes) -> tuple[bytes, float, float | None]:
+    """``(payload, created, cost_usd)`` from ``pack``'s bytes; ``ValueError`` when they are not that."""
+    if len(value) < _HEADER.size:
+        raise ValueError("a Redis cache entry shorter than its header")
+    created, cost = _HEADER.unpack_from(value)
+    return value[_HEADER.size:], created, None if math.isnan(cost) else cost
+
+
+class RedisCacheBackend:
+    """Answers by key in Redis, shared by every client on the same URL and namespace."""
+
+    def __init__(self, url: str, namespace: str, *, timeout_s: float = 0.25, retry_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.url = url
+        self.location = f"{redact(url)} (namespace {namespace!r})"
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self._clock = clock
+        self._prefix = f"{namespace}:cache:"
+        self._meta = [self._prefix + "~index", self._prefix + "~sizes", self._prefix + "~stats"]
+        self._client: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    # -- the CacheBackend interface -------------------------------------------------------------
+
+    def lookup(self, key: str, now: float) -> Any:
+        result = self._run("get", GET, [*self._meta, self._prefix + key], [])
+        if not result or not int(result[0]):
+            return None
+        payload, created, cost = unpack(result[1])
+        return StoredEntry(payload, created, cost)
+
+    def store(self, key: str, entry: Any, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
+        ms = 0 if ttl is None else max(1, round(ttl * 1000))
+        self._run("put", PUT, [*self._meta, self._prefix + key], [key, pack(entry), ms])
+
+    def discard(self, key: str) -> None:
+        self._run("discard", DISCARD, [*self._meta, self._prefix + key], [key])
+
+    def clear(self) -> None:
+        self._run("clear", CLEAR, self._meta, [self._prefix])
+
+    def info(self) -> dict[str, Any]:
+        entries, size, _hits, _misses = (int(x) for x in self._run("info", INFO, self._meta, []))
+        return {"entries": entries, "size_bytes": size}
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    # -- pieces -----------------------------------------------------------------------------------
+
+    def _run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        import redis
+
+        if self._clock() < self._down_until:
+            raise ConnectionError(f"Redis at {self.location} is unreachable (tried again within {self.retry_s:g}s)")
+        try:
+            with self._lock:
+                if self._client is None:
+                    self._client = redis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                                        socket_connect_timeout=self.timeout_s)
+                script = self._scripts.get(name)
+                if script is None:
+                    script = self._scripts[name] = self._client.register_script(source)
+            return script(keys=list(keys), args=list(args))
+        except redis.RedisError as exc:
+            self._down_until = self._clock() + self.retry_s
+            raise ConnectionError(f"Redis at {self.location}: {redact(str(exc))}") from None
