@@ -121,6 +121,7 @@ class ClientConfig:
     max_events: int = 50_000
     retry_after_cap: float = 60.0
     store_prompts: bool = False
+    memory_records: int = 100_000  # a ledger file's in-memory window: this session's newest records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +352,7 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         max_events=_positive_int(raw.get("max_events", 50_000), where, "max_events"),
         retry_after_cap=_positive_number(raw.get("retry_after_cap", 60.0), where, "retry_after_cap"),
         store_prompts=bool(raw.get("store_prompts", False)),
+        memory_records=_positive_int(raw.get("memory_records", 100_000), where, "memory_records"),
     )
 
 
