@@ -495,6 +495,11 @@ class Ledger:
         Numbers come as ``array`` (bools as 0/1 ``array('b')``), strings as lists with None for
         missing, ``cost_usd`` as a list of float or None, ``metadata`` as compact JSON strings or None.
         """
+        return self.columns_at(start)[1]
+
+    def columns_at(self, start: int = 0) -> tuple[int, dict[str, list[Any] | array[Any]]]:
+        """``columns(start)`` and the position of its first row (later than ``start`` when the records in
+        between have left memory)."""
         raw = self.raw_columns(start)
         out: dict[str, list[Any] | array[Any]] = {}
         for name in FIELDS:
@@ -511,7 +516,7 @@ class Ledger:
                 out[name] = [table[c] for c in raw.codes[name]]
             else:
                 out[name] = raw.texts[name]
-        return out
+        return raw.start, out
 
     def costs(self, start: int = 0) -> tuple[array[float], array[float]]:
         """``(time, cost_usd)`` of ``records[start:]`` held in memory (cost NaN when unpriced): cheap."""
