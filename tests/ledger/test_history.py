@@ -159,7 +159,7 @@ def test_cost_summary_groups_by_metadata_and_mixed_lists(tmp_path: Path, where: 
     assert got == {("anthropic", "a"): 1, ("anthropic", None): 1, ("openai", "b"): 1, ("openai", "a"): 1}
     dotted = frames.cost_summary_frame(ledger, by="meta.odd key.v", selection=sel)
     assert dotted["requests"].tolist() == [1, 3]
-    with pytest.raises(llmkit.InvalidRequestError, match="cannot group by 'meta.nope'") as err:
+    with pytest.raises(llmkit.InvalidRequestError, match=r"cannot group by 'meta\.nope'") as err:
         frames.cost_summary_frame(ledger, by="meta.nope", selection=sel)
     assert "'meta.experiment'" in str(err.value) and "'provider'" in str(err.value)  # the valid names
     with pytest.raises(ValueError, match="cannot group by 'colour'"):
@@ -277,7 +277,8 @@ def test_a_first_version_ledger_opens_migrates_and_keeps_its_data(tmp_path: Path
         assert len(c.usage(scope="all")) == 6
     db = sqlite3.connect(path)
     names = applied(db)
-    assert names[:2] == ["m001_requests", "m002_requests_time_index"] and "m004_history_indexes_and_daily_rollup" in names
+    assert names[:2] == ["m001_requests", "m002_requests_time_index"]
+    assert "m004_history_indexes_and_daily_rollup" in names
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {"requests_time", "requests_session", "requests_provider_model"} <= indexes
     db.close()
