@@ -254,20 +254,20 @@ def _with_meta(frame: pd.DataFrame) -> pd.DataFrame:
     if not present.any():
         return frame
     where = np.flatnonzero(present)
-    parsed = [json.loads(text) for text in frame["metadata"].to_numpy()[where]]
-    keys = list(dict.fromkeys(k for d in parsed if isinstance(d, dict) for k in d))
+    parsed = json.loads("[" + ",".join(frame["metadata"].to_numpy()[where]) + "]")  # one parse, not one per row
+    table = pd.DataFrame([d if isinstance(d, dict) else {} for d in parsed], dtype=object)
     columns: dict[str, Any] = {}
-    for key in keys:
-        values: list[Any] = [None] * len(frame)
-        for i, d in zip(where, parsed, strict=True):
-            if isinstance(d, dict):
-                values[i] = d.get(key)
-        columns[META + key] = meta_series(values)
+    for key in table.columns:
+        values = np.full(len(frame), None, dtype=object)
+        values[where] = table[key].to_numpy(dtype=object)
+        columns[META + str(key)] = meta_series(values.tolist())
     return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
 
 
 def meta_series(values: list[Any]) -> pd.Series:
-    """Metadata values (None for missing) with the most specific dtype that holds them all."""
+    """Metadata values (None or NaN for missing: JSON has no NaN) with the most specific dtype that holds
+    them all."""
+    values = [None if v is None or v != v else v for v in values]
     present = [v for v in values if v is not None]
     if present and all(isinstance(v, bool) for v in present):
         return pd.Series(pd.array(values, dtype="boolean"))
