@@ -313,8 +313,8 @@ def _unknown_key(ledger: Ledger, selection: Selection | None, key: Any) -> None:
     else:
         assert ledger.history is not None
         meta = [META + k for k in ledger.history.meta_keys(selection or Selection())]
-    allowed = sorted(_GROUPABLE) + meta
-    raise InvalidRequestError(f"cost_summary: cannot group by {key!r}; expected one of {allowed}")
+    raise InvalidRequestError(f"cost_summary: cannot group by {key!r}; expected a metadata key present "
+                              f"{meta} or one of {sorted(_GROUPABLE)}")
 
 
 def _summary_in_memory(ledger: Ledger, selection: Selection | None, keys: list[str]) -> pd.DataFrame:
