@@ -1,6 +1,6 @@
 """Ledger benchmark: a ledger file with 1,000,000 records next to an empty one, in one run (issue 12).
 
-    python benchmarks/bench_ledger.py           # 1M records (made with executemany in ~1 min), 100k requests
+    python benchmarks/bench_ledger.py           # 1M records (made with executemany in ~1 min), 300k requests
     python benchmarks/bench_ledger.py --quick   # a CI smoke run: 50k records, 4k requests (targets scaled)
 
 Side by side, empty vs big: ``Client()`` construction time and process RSS after it (each in fresh
@@ -136,8 +136,9 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
-def session_memory(ledger: str | None, n: int, checkpoints: int = 4) -> list[tuple[int, int]]:
-    """RSS growth after each n/checkpoints requests of one client on the mock (gathered acompletion)."""
+def session_memory(ledger: str | None, n: int, checkpoints: int = 4) -> dict[str, Any]:
+    """RSS growth after each n/checkpoints requests of one client on the mock (gathered acompletion);
+    run in a fresh process (``--session``) so one run's freed memory does not hide the next one's."""
     import llmkit
 
     client = llmkit.Client([{"name": "m", "adapter": "mock", "max_concurrency": 256}], ledger=ledger,
@@ -149,16 +150,26 @@ def session_memory(ledger: str | None, n: int, checkpoints: int = 4) -> list[tup
 
     gc.collect()
     base = rss_bytes()
-    out = []
+    points = []
     step = n // checkpoints
     size = min(500, step)
+    t0 = time.perf_counter()
     for c in range(checkpoints):
         for _ in range(step // size):
             asyncio.run(batch(size))
         gc.collect()
-        out.append(((c + 1) * step, rss_bytes() - base))
+        points.append(((c + 1) * step, rss_bytes() - base))
+    rate = n / (time.perf_counter() - t0)
+    held = len(client.monitor.records_from(0)[1]["request_id"])
     client.close()
-    return out
+    return {"points": points, "rate": rate, "held": held}
+
+
+def session_in_fresh_process(ledger: str | None, n: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, __file__, "--session", ledger or ":none:", "--requests", str(n)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # -- the first version's measures, kept ------------------------------------------------------------
@@ -232,7 +243,7 @@ def append_and_lag(n: int) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     n = args.records or (50_000 if args.quick else 1_000_000)
-    requests = args.requests or (4_000 if args.quick else 100_000)
+    requests = args.requests or (4_000 if args.quick else 300_000)
     scale = n / 1_000_000
     with tempfile.TemporaryDirectory(prefix="llmkit-bench-ledger-") as tmp:
         empty, big = Path(tmp) / "empty.sqlite3", Path(tmp) / "big.sqlite3"
@@ -242,8 +253,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         runs = 3 if args.quick else 5
         opened = {"empty": open_in_fresh_processes(empty, runs), "big": open_in_fresh_processes(big, runs)}
         q = {"empty": queries(empty, 3), "big": queries(big, 3)}
-        file_session = session_memory(str(Path(tmp) / "session.sqlite3"), requests)
-        memory_session = session_memory(None, requests)
+        file_session = session_in_fresh_process(str(Path(tmp) / "session.sqlite3"), requests)
+        memory_session = session_in_fresh_process(None, requests)
     per_record = bytes_per_record(10_000 if args.quick else 100_000)
     rate, lag = append_and_lag(3_000 if args.quick else 30_000)
 
@@ -261,14 +272,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     side('cost_summary(by="meta.experiment", since="7d")', lambda k: f"{q[k]['meta_7d'][0]:.3f} s")
     side('usage(scope="all") (usage_frame from SQL)', lambda k: f"{q[k]['all'][0]:.3f} s")
     print("\nRSS growth of one session on the mock, after k requests (file ledger | ledger=None):")
-    for (k, grown), (_, mem) in zip(file_session, memory_session, strict=True):
+    for (k, grown), (_, mem) in zip(file_session["points"], memory_session["points"], strict=True):
         print(f"  {k:>9,}: {grown / 2**20:8.1f} MiB | {mem / 2**20:8.1f} MiB")
+    print(f"  records held in memory at the end: {file_session['held']:,} | {memory_session['held']:,}; "
+          f"{file_session['rate']:,.0f} | {memory_session['rate']:,.0f} req/s")
     print(f"memory per record (ledger=None, tracemalloc): {per_record:,.0f} B")
     print(f"SQLite async append, 64 concurrent: {rate:,.0f} /s; event-loop lag p99 meanwhile {lag * 1e3:.2f} ms")
 
     construct = opened["big"]["seconds"] - opened["empty"]["seconds"]
     rss = opened["big"]["rss_growth"] - opened["empty"]["rss_growth"]
-    session_growth = file_session[-1][1]
+    session_growth = file_session["points"][-1][1]
     goals = [
         goal(f"Client() with {n:,} records vs empty", "≤ +50 ms", f"{construct * 1e3:+,.1f} ms", construct <= 0.05),
         goal(f"RSS after Client(), {n:,} records vs empty", "≤ +20 MB", f"{rss / 1e6:+,.1f} MB", rss <= 20e6),
@@ -295,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=0, help="records in the big ledger")
     parser.add_argument("--requests", type=int, default=0, help="requests of the long session")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--session", help=argparse.SUPPRESS)  # internal: one long session, in this process
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    if args.session:
+        print(json.dumps(session_memory(None if args.session == ":none:" else args.session, args.requests)))
+        return 0
     result = run(args)
     write_json(args.json, result)
     return 1 if args.check and any(g["met"] is False for g in result["goals"]) else 0
