@@ -238,6 +238,58 @@ def append_and_lag(n: int) -> tuple[float, float]:
     return asyncio.run(run())
 
 
+def append_cost(n: int) -> dict[str, float]:
+    """p50 µs of one awaited ``Ledger.append`` (calls spaced out: committed inline) on a file with the
+    first version's schema vs the second's (m004: the day-totals trigger and the provider/model index),
+    interleaved in one loop; and of one budget check (``Budget.reserve`` + ``release``) on each."""
+    from llmkit.ledger import migrations
+    from llmkit.ledger.store import Ledger, LedgerRecord
+    from llmkit.routing.budget import Budget
+
+    def rec(i: int) -> LedgerRecord:
+        t = time.time()
+        return LedgerRecord(f"a-{i}", t, t - 0.5, "openai", "gpt-4o", "gpt-4o", "ok", None, None, 1200, 300, 0, 0, 0,
+                            False, 0.0042, 0.5, 1, False, False, 0, {"experiment": "x"} if i % 2 else None)
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        old_path, new_path = Path(tmp) / "v1.sqlite3", Path(tmp) / "v2.sqlite3"
+        db = sqlite3.connect(old_path, isolation_level=None)
+        keep = migrations.MIGRATIONS
+        migrations.MIGRATIONS = [m for m in keep if m.__name__ < "m004"]
+        try:
+            migrations.migrate(db)
+            old = Ledger(old_path)  # migrate() at open sees m001-m003 only
+        finally:
+            migrations.MIGRATIONS = keep
+        db.close()
+        new = Ledger(new_path)
+        samples: dict[str, list[float]] = {"v1 schema": [], "with m004": []}
+
+        async def run() -> None:
+            for i in range(n):
+                for name, ledger in (("v1 schema", old), ("with m004", new)):
+                    await asyncio.sleep(0.0003)  # spaced out, as sequential calls are: inline commits
+                    t0 = time.perf_counter()
+                    await ledger.append(rec(2 * i + (name == "with m004")))
+                    samples[name].append(time.perf_counter() - t0)
+
+        asyncio.run(run())
+        for name, values in samples.items():
+            out[f"append {name}"] = statistics.median(values) * 1e6
+        for name, ledger in (("memory ledger", Ledger(None)), ("ledger file", new)):
+            budget = Budget(100.0, "month", ledger)
+            times = []
+            for _ in range(n):
+                t0 = time.perf_counter()
+                budget.release(budget.reserve(0.001))
+                times.append(time.perf_counter() - t0)
+            out[f"budget check, {name}"] = statistics.median(times) * 1e6
+        old.close()
+        new.close()
+    return out
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -257,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         memory_session = session_in_fresh_process(None, requests)
     per_record = bytes_per_record(10_000 if args.quick else 100_000)
     rate, lag = append_and_lag(3_000 if args.quick else 30_000)
+    per_call = append_cost(300 if args.quick else 2_000)
 
     def side(name: str, f: Any) -> None:
         print(f"{name:<52} {f('empty'):>14} {f('big'):>14}")
@@ -278,6 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"{file_session['rate']:,.0f} | {memory_session['rate']:,.0f} req/s")
     print(f"memory per record (ledger=None, tracemalloc): {per_record:,.0f} B")
     print(f"SQLite async append, 64 concurrent: {rate:,.0f} /s; event-loop lag p99 meanwhile {lag * 1e3:.2f} ms")
+    print("per call, p50 (interleaved): " + "; ".join(f"{k} {v:,.1f} µs" for k, v in per_call.items()))
 
     construct = opened["big"]["seconds"] - opened["empty"]["seconds"]
     rss = opened["big"]["rss_growth"] - opened["empty"]["rss_growth"]
@@ -295,11 +349,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              f"{session_growth / 1e6:,.1f} MB", session_growth <= 100e6),
         goal("memory per record (ledger=None)", "< 500 B", f"{per_record:,.0f} B", per_record < 500),
         goal("event-loop lag p99 while the ledger writes", "< 5 ms", f"{lag * 1e3:.2f} ms", lag < 0.005),
+        goal("ledger append per call, with m004 vs v1 schema", "no worse",
+             f"{per_call['append with m004']:,.1f} vs {per_call['append v1 schema']:,.1f} µs", None),
     ]
     print_goals(goals)
     return {"benchmark": "ledger", "machine": machine(), "records": n, "opened": opened, "queries": q,
             "session_file": file_session, "session_memory": memory_session, "bytes_per_record": per_record,
-            "append_rate": rate, "lag_p99": lag, "goals": goals}
+            "append_rate": rate, "lag_p99": lag, "per_call_us": per_call, "goals": goals}
 
 
 def main(argv: list[str] | None = None) -> int:

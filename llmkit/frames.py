@@ -21,9 +21,11 @@ Without a selection, a frame covers what the ledger holds in memory.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -157,8 +159,20 @@ def usage_frame(ledger: Ledger, selection: Selection | None = None) -> pd.DataFr
         if selection is not None:
             frame = _select(frame, selection)
     else:
-        frame = _sql_frame(ledger, selection or Selection())
+        with _gc_paused():  # millions of fresh row tuples would set off full collections over and over
+            frame = _sql_frame(ledger, selection or Selection())
     return _with_meta(frame)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _in_memory(ledger: Ledger, selection: Selection | None) -> bool:

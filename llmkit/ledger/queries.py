@@ -14,6 +14,7 @@ writer or the budget (which keeps one small connection of its own).
 from __future__ import annotations
 
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -144,6 +145,7 @@ class History:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._spend_db: sqlite3.Connection | None = None
+        self._spend_pid = 0
         self._spend_lock = threading.Lock()
 
     def connect(self) -> sqlite3.Connection:
@@ -239,15 +241,15 @@ class History:
         writing this file, pruned days included: a sum over the day totals, so it costs microseconds."""
         sql = "SELECT total(cost_usd) FROM requests_daily" + (" WHERE day >= ?" if since is not None else "")
         with self._spend_lock:
-            if self._spend_db is None:
-                self._spend_db = self.connect()
+            if self._spend_db is None or self._spend_pid != os.getpid():  # never reuse a parent's connection
+                self._spend_db, self._spend_pid = self.connect(), os.getpid()
             return float(self._spend_db.execute(sql, () if since is None else (since,)).fetchone()[0])
 
     def close(self) -> None:
         with self._spend_lock:
-            if self._spend_db is not None:
+            if self._spend_db is not None and self._spend_pid == os.getpid():
                 self._spend_db.close()
-                self._spend_db = None
+            self._spend_db = None
 
     # -- retention -----------------------------------------------------------------------------
 
