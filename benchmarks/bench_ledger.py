@@ -33,6 +33,7 @@ from _common import ROOT, goal, machine, print_goals, write_json
 
 from llmkit._types import new_request_id
 from llmkit.ledger.migrations import migrate
+from llmkit.ledger.queries import fold
 from llmkit.ledger.store import FIELDS, Ledger, LedgerRecord
 
 PROVIDERS = [("openai", "gpt-4o-2024-08-06", "gpt-4o", 0.0042), ("anthropic", "claude-3-5-sonnet-20241022",
@@ -67,6 +68,7 @@ def make_ledger(path: Path, n: int, days: int = 100) -> float:
     db.execute("BEGIN")
     db.executemany(f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", rows())
     db.execute("COMMIT")
+    fold(db)  # into the day totals, as the sessions that wrote them would have at close
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     return time.perf_counter() - t0

@@ -369,7 +369,7 @@ def _summary_in_sql(ledger: Ledger, sel: Selection, keys: list[str]) -> pd.DataF
         rows = history.daily(keys, day_from, day_to)
         for edge in edges:
             rows += history.summary(edge, keys)
-        regroup = bool(edges)
+        regroup = True  # day totals, requests past them and the edges may share groups
     else:
         rows, regroup = history.summary(sel, keys), False
     columns = list(zip(*rows, strict=True)) if rows else [()] * (len(keys) + len(SUMS))

@@ -71,19 +71,22 @@ def m003_session_kind_cache_columns(db: sqlite3.Connection) -> None:
 
 
 
-_DAILY_VALUES = """
-    CAST(NEW.time / 86400 AS INTEGER) * 86400, ifnull(NEW.provider, ''), ifnull(NEW.model, ''), 1,
-    NEW.status = 'error', NEW.input_tokens, NEW.output_tokens, NEW.cache_read_tokens, NEW.cache_write_tokens,
-    ifnull(NEW.cost_usd, 0.0), NEW.cost_usd IS NOT NULL, NEW.cost_usd IS NULL AND NEW.status = 'ok'
+DAILY_ROLLUP = """
+    SELECT CAST(time / 86400 AS INTEGER) * 86400, ifnull(provider, ''), ifnull(model, ''), count(*),
+           total(status = 'error'), total(input_tokens), total(output_tokens), total(cache_read_tokens),
+           total(cache_write_tokens), total(cost_usd), count(cost_usd), total(cost_usd IS NULL AND status = 'ok')
+    FROM requests WHERE id > ? AND id <= ? GROUP BY 1, 2, 3
 """
 
 
 @migration
 def m004_history_indexes_and_daily_rollup(db: sqlite3.Connection) -> None:
     """Issue 12: history is queried in SQL. An index for provider/model filters, and ``requests_daily``:
-    one row per UTC day, provider and model (NULL stored as ''), kept by a trigger on every insert, so
-    long-range cost summaries and the budget's period spend read a few hundred rows instead of millions,
-    and ``prune`` can delete old requests while their day totals stay. Filled from the rows already here."""
+    one row per UTC day, provider and model (NULL stored as ''), the totals of every request up to the
+    id in ``requests_daily_upto`` (readers add the few rows past it, and fold them in from time to time:
+    see ``queries.History``), so long-range cost summaries and the budget's period spend read a few
+    hundred rows instead of millions, and pruning can delete requests while their day totals stay.
+    Nothing runs per insert. Filled here from the rows already in the file."""
     db.execute("CREATE INDEX requests_provider_model ON requests (provider, model, time)")
     db.execute(
         """
@@ -104,30 +107,10 @@ def m004_history_indexes_and_daily_rollup(db: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """
     )
-    db.execute(
-        f"""
-        CREATE TRIGGER requests_daily_insert AFTER INSERT ON requests BEGIN
-            INSERT INTO requests_daily VALUES ({_DAILY_VALUES})
-            ON CONFLICT (day, provider, model) DO UPDATE SET
-                requests = requests + 1, errors = errors + excluded.errors,
-                input_tokens = input_tokens + excluded.input_tokens,
-                output_tokens = output_tokens + excluded.output_tokens,
-                cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-                cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-                cost_usd = cost_usd + excluded.cost_usd, priced = priced + excluded.priced,
-                unpriced_requests = unpriced_requests + excluded.unpriced_requests;
-        END
-        """
-    )
-    db.execute(
-        """
-        INSERT INTO requests_daily
-        SELECT CAST(time / 86400 AS INTEGER) * 86400, ifnull(provider, ''), ifnull(model, ''), count(*),
-               total(status = 'error'), total(input_tokens), total(output_tokens), total(cache_read_tokens),
-               total(cache_write_tokens), total(cost_usd), count(cost_usd), total(cost_usd IS NULL AND status = 'ok')
-        FROM requests GROUP BY 1, 2, 3
-        """
-    )
+    db.execute("CREATE TABLE requests_daily_upto (id INTEGER NOT NULL)")
+    upto = db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0]
+    db.execute(f"INSERT INTO requests_daily {DAILY_ROLLUP}", (0, upto))
+    db.execute("INSERT INTO requests_daily_upto VALUES (?)", (upto,))
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

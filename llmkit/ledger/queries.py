@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidRequestError
+from .migrations import DAILY_ROLLUP
 
 DAY_S = 86400
 SCOPES = ("session", "all")
@@ -35,6 +36,14 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|secs|seconds?|m|min|mins|m
                        r"d|days?|w|wk|weeks?)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 _BUSY_MS = 10_000
+FOLD_EVERY = 2_000  # the budget folds new requests into the day totals once this many are past them
+_FOLD = f"""INSERT INTO requests_daily {DAILY_ROLLUP}
+    ON CONFLICT (day, provider, model) DO UPDATE SET
+        requests = requests + excluded.requests, errors = errors + excluded.errors,
+        input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
+        cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
+        cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, cost_usd = cost_usd + excluded.cost_usd,
+        priced = priced + excluded.priced, unpriced_requests = unpriced_requests + excluded.unpriced_requests"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,11 +54,15 @@ class Selection:
     since: float | None = None
     until: float | None = None
     session_id: str | None = None
+    after_id: int | None = None  # only rows past this id (the ones not yet in the day totals)
 
     def where(self, prefix: str = "WHERE") -> tuple[str, list[Any]]:
         """The SQL condition over ``requests`` and its parameters ("" when everything is selected)."""
         terms: list[str] = []
         params: list[Any] = []
+        if self.after_id is not None:
+            terms.append("id > ?")
+            params.append(self.after_id)
         if self.session_id is not None:
             terms.append("session_id = ?")
             params.append(self.session_id)
@@ -206,8 +219,28 @@ class History:
         return [r for r in self._query(sql, params) if r[len(keys)]]  # an empty selection sums to one 0 row
 
     def daily(self, keys: Sequence[str], day_from: float | None, day_to: float | None) -> list[tuple[Any, ...]]:
-        """Like ``summary`` over the day totals (every session; pruned requests included) of the UTC days
-        starting in [day_from, day_to). ``keys`` must be within ``DAILY_KEYS``."""
+        """Like ``summary`` over every session's requests (pruned ones included) of the UTC days starting
+        in [day_from, day_to): the day totals, plus the requests not yet folded into them, read from one
+        snapshot. Groups may repeat (the caller adds them up). ``keys`` must be within ``DAILY_KEYS``."""
+        self.fold_quietly(FOLD_EVERY)
+        db = self.connect()
+        try:
+            db.execute("BEGIN")
+            upto = _upto(db)
+            totals = db.execute(*self._daily_sql(keys, day_from, day_to)).fetchall()
+            newer = Selection(day_from, day_to, None, upto)
+            where, params = newer.where()
+            groups = ", ".join(str(i + 1) for i in range(len(keys)))
+            sql = (f"SELECT {', '.join([*(key_sql(k) for k in keys), *_SUM_SQL])} FROM requests{where}"
+                   + (f" GROUP BY {groups}" if keys else ""))
+            rows = [r for r in totals + db.execute(sql, params).fetchall() if r[len(keys)]]
+            db.execute("COMMIT")
+            return rows
+        finally:
+            db.close()
+
+    def _daily_sql(self, keys: Sequence[str], day_from: float | None,
+                   day_to: float | None) -> tuple[str, list[Any]]:
         exprs = [key_sql(k, daily=True) for k in keys]
         terms, params = [], []
         if day_from is not None:
@@ -220,7 +253,7 @@ class History:
         groups = ", ".join(str(i + 1) for i in range(len(keys)))
         sql = (f"SELECT {', '.join([*exprs, *_DAILY_SUM_SQL])} FROM requests_daily{where}"
                + (f" GROUP BY {groups}" if keys else ""))
-        return [r for r in self._query(sql, params) if r[len(keys)]]
+        return sql, params
 
     def meta_keys(self, sel: Selection) -> list[str]:
         """The top-level metadata keys present in the selected records, sorted."""
@@ -238,12 +271,48 @@ class History:
 
     def spent(self, since: float | None) -> float:
         """Priced cost committed since ``since`` (a UTC day boundary; None: all time), by every process
-        writing this file, pruned days included: a sum over the day totals, so it costs microseconds."""
-        sql = "SELECT total(cost_usd) FROM requests_daily" + (" WHERE day >= ?" if since is not None else "")
+        writing this file, pruned days included: the day totals plus the few requests past them, so it
+        costs microseconds. Once ``FOLD_EVERY`` requests are past them, they are folded in (if the file
+        is free at that moment: never waits)."""
+        start = -math.inf if since is None else since
         with self._spend_lock:
             if self._spend_db is None or self._spend_pid != os.getpid():  # never reuse a parent's connection
                 self._spend_db, self._spend_pid = self.connect(), os.getpid()
-            return float(self._spend_db.execute(sql, () if since is None else (since,)).fetchone()[0])
+            db = self._spend_db
+            db.execute("BEGIN")
+            try:
+                upto = _upto(db)
+                total = db.execute("SELECT total(cost_usd) FROM requests_daily WHERE day >= ?", (start,)).fetchone()[0]
+                newer, top = db.execute("SELECT total(cost_usd), ifnull(max(id), 0) FROM requests "
+                                        "WHERE id > ? AND time >= ?", (upto, start)).fetchone()
+            finally:
+                db.execute("COMMIT")
+            if top - upto >= FOLD_EVERY:
+                db.execute("PRAGMA busy_timeout = 0")
+                try:
+                    fold(db)
+                except sqlite3.OperationalError:
+                    pass  # another writer holds the file: fold next time
+                finally:
+                    db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            return float(total) + float(newer)
+
+    def fold_quietly(self, at_least: int = 1) -> int:
+        """Fold the requests past the day totals in, if there are ``at_least`` of them and the file is
+        free right now (never waits); returns how many were folded."""
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error:
+            return 0
+        try:
+            top = db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0]
+            if top - _upto(db) < at_least:
+                return 0
+            return fold(db)
+        except sqlite3.Error:  # locked by a writer, read-only, ...: the readers add those rows meanwhile
+            return 0
+        finally:
+            db.close()
 
     def close(self) -> None:
         with self._spend_lock:
@@ -259,11 +328,14 @@ class History:
         still count them); otherwise those are taken out too."""
         db = self.connect()
         try:
+            fold(db)  # every request is in the day totals before any is deleted
             db.execute("BEGIN IMMEDIATE")
             try:
                 if not rollup:
                     _unroll(db, before)
                 deleted = db.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
+                # ids past the newest left may be handed out again: they must count as not yet folded
+                db.execute("UPDATE requests_daily_upto SET id = min(id, (SELECT ifnull(max(id), 0) FROM requests))")
                 days = db.execute("SELECT count(*) FROM requests_daily WHERE day < ?", (before,)).fetchone()[0]
                 db.execute("COMMIT")
             except BaseException:
@@ -272,6 +344,27 @@ class History:
         finally:
             db.close()
         return {"deleted": int(deleted), "before": before, "rollup": rollup, "rollup_rows": int(days)}
+
+
+def _upto(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT id FROM requests_daily_upto").fetchone()[0])
+
+
+def fold(db: sqlite3.Connection) -> int:
+    """Add the requests past ``requests_daily_upto`` to the day totals and move it; returns how many.
+    One short write transaction (``db`` in autocommit mode)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        upto = _upto(db)
+        top = int(db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0])
+        if top > upto:
+            db.execute(_FOLD, (upto, top))
+            db.execute("UPDATE requests_daily_upto SET id = ?", (top,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return max(0, top - upto)
 
 
 def _unroll(db: sqlite3.Connection, before: float) -> None:

@@ -568,6 +568,7 @@ class Ledger:
             self._finalizer()  # enqueue the stop marker after pending rows and join the writer
         if self.history is not None:
             self.history.close()
+            self.history.fold_quietly()  # this session's requests into the day totals (readers need not add them)
 
     @property
     def closed(self) -> bool:

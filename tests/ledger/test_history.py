@@ -363,3 +363,35 @@ def test_two_processes_on_one_file_share_one_budget(tmp_path: Path) -> None:
     total, one = file_spend(path)
     assert sum(counts) > 4 and all(n > 0 for n in counts)
     assert total <= budget + one  # one process alone would have spent the whole budget
+
+
+def test_day_totals_fold_new_requests_in_and_stay_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing runs per insert: readers add the requests past the day totals, and the budget folds them
+    in every FOLD_EVERY requests; answers are the same before and after, and after a prune that emptied
+    the file (SQLite then hands out ids again)."""
+    monkeypatch.setattr("llmkit.ledger.queries.FOLD_EVERY", 3)
+    path = tmp_path / "l.sqlite3"
+
+    def upto() -> int:
+        db = sqlite3.connect(path)
+        value = db.execute("SELECT id FROM requests_daily_upto").fetchone()[0]
+        db.close()
+        return int(value)
+
+    with client(path, budget_usd=100.0) as c:
+        c.completion("m1", MSG)
+        assert upto() == 0  # one request past the totals: read, not folded
+        for _ in range(4):
+            c.completion("m1", MSG)
+        assert upto() >= 3  # the budget folded them in
+        total, _ = file_spend(path)
+        summary = c.cost_summary(scope="all")
+        assert summary["requests"].sum() == 5 and summary["cost_usd"].sum() == pytest.approx(total)
+        assert c.budget_status()["spent_usd"] == pytest.approx(total)
+        ahead = datetime.now(UTC) + timedelta(days=1)  # everything
+        assert c.prune_ledger(before=ahead, rollup=False)["deleted"] == 5
+        assert c.cost_summary(scope="all").empty and c.budget_status()["spent_usd"] == 0.0
+        ids = [c.completion("m1", MSG).id for _ in range(2)]  # rowids start again at 1
+        assert c.cost_summary(scope="all")["requests"].sum() == 2
+        assert file_spend(path)[0] > 0 and c.budget_status()["spent_usd"] == pytest.approx(file_spend(path)[0])
+        assert c.usage(scope="all")["request_id"].tolist() == ids
