@@ -159,6 +159,7 @@ class History:
         self.path = Path(path)
         self._spend_db: sqlite3.Connection | None = None
         self._spend_pid = 0
+        self._spend: list[Any] | None = None  # [since, upto, day totals, last id read, cost past upto]
         self._spend_lock = threading.Lock()
 
     def connect(self) -> sqlite3.Connection:
@@ -271,23 +272,31 @@ class History:
 
     def spent(self, since: float | None) -> float:
         """Priced cost committed since ``since`` (a UTC day boundary; None: all time), by every process
-        writing this file, pruned days included: the day totals plus the few requests past them, so it
-        costs microseconds. Once ``FOLD_EVERY`` requests are past them, they are folded in (if the file
-        is free at that moment: never waits)."""
+        writing this file, pruned days included: the day totals plus the requests past them, kept as a
+        running sum that reads only the rows new since the last call, so a check costs microseconds.
+        Once ``FOLD_EVERY`` requests are past the totals they are folded in (if the file is free at that
+        moment: never waits)."""
         start = -math.inf if since is None else since
         with self._spend_lock:
             if self._spend_db is None or self._spend_pid != os.getpid():  # never reuse a parent's connection
-                self._spend_db, self._spend_pid = self.connect(), os.getpid()
+                self._spend_db, self._spend_pid, self._spend = self.connect(), os.getpid(), None
             db = self._spend_db
-            db.execute("BEGIN")
+            db.execute("BEGIN")  # one snapshot
             try:
                 upto = _upto(db)
-                total = db.execute("SELECT total(cost_usd) FROM requests_daily WHERE day >= ?", (start,)).fetchone()[0]
-                newer, top = db.execute("SELECT total(cost_usd), ifnull(max(id), 0) FROM requests "
-                                        "WHERE id > ? AND time >= ?", (upto, start)).fetchone()
+                state = self._spend
+                if state is None or state[0] != start or state[1] != upto:  # first call, new period, a fold
+                    daily = db.execute("SELECT total(cost_usd) FROM requests_daily WHERE day >= ?",
+                                       (start,)).fetchone()[0]
+                    state = [start, upto, float(daily), upto, 0.0]
+                new, top = db.execute("SELECT total(CASE WHEN time >= ? THEN cost_usd END), max(id) FROM requests "
+                                      "WHERE id > ?", (start, state[3])).fetchone()
+                state[4] += float(new)
+                state[3] = max(state[3], top or 0)
+                self._spend = state
             finally:
                 db.execute("COMMIT")
-            if top - upto >= FOLD_EVERY:
+            if state[3] - upto >= FOLD_EVERY:
                 db.execute("PRAGMA busy_timeout = 0")
                 try:
                     fold(db)
@@ -295,7 +304,7 @@ class History:
                     pass  # another writer holds the file: fold next time
                 finally:
                     db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
-            return float(total) + float(newer)
+            return state[2] + state[4]
 
     def fold_quietly(self, at_least: int = 1) -> int:
         """Fold the requests past the day totals in, if there are ``at_least`` of them and the file is

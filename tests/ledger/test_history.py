@@ -280,7 +280,9 @@ def test_a_first_version_ledger_opens_migrates_and_keeps_its_data(tmp_path: Path
     assert names[:2] == ["m001_requests", "m002_requests_time_index"]
     assert "m004_history_indexes_and_daily_rollup" in names
     indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"requests_time", "requests_session", "requests_provider_model"} <= indexes
+    assert {"requests_time", "requests_session"} <= indexes
+    assert {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")} >= {
+        "requests_daily", "requests_daily_upto"}
     db.close()
 
 
