@@ -163,7 +163,9 @@ class History:
         self._spend_lock = threading.Lock()
 
     def connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        """A new connection to the file, which must exist (a reader never creates an empty ledger)."""
+        uri = self.path.resolve().as_uri() + "?mode=rw"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         return db
 
@@ -310,8 +312,8 @@ class History:
         """Fold the requests past the day totals in, if there are ``at_least`` of them and the file is
         free right now (never waits); returns how many were folded."""
         try:
-            db = sqlite3.connect(self.path, isolation_level=None)
-        except sqlite3.Error:
+            db = self.connect()
+        except sqlite3.Error:  # the file is gone
             return 0
         try:
             top = db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0]
