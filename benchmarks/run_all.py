@@ -13,6 +13,7 @@ The commands it runs (each also works on its own; ``--help`` lists their options
     python benchmarks/bench_cache.py        # response cache: hit vs miss, lookup cost, hits/s, a 100k-entry file
     python benchmarks/bench_embed.py        # client.embed of a column vs a hand-written httpx batch loop
     python benchmarks/bench_shared.py       # shared limits+breaker on Redis: overhead, one limit over 4 processes
+    python benchmarks/bench_ledger.py       # a 1M-record ledger file next to an empty one (issue 12)
     bash benchmarks/setup_litellm.sh        # once: LiteLLM in benchmarks/.venv-litellm (optional)
 """
 
@@ -33,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import HERE, machine, met_text
 
-BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "cache", "embed", "shared")
+BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "ledger", "cache", "embed", "shared")
 README = HERE / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 

@@ -286,19 +286,43 @@ class Client:
 
     # -- observability -------------------------------------------------------------------------
 
-    def usage(self) -> pd.DataFrame:
-        """One row per finished request (ok or error), with tokens, cost and latency."""
+    def usage(self, since: Any = None, until: Any = None, scope: str | None = None) -> pd.DataFrame:
+        """One row per finished request (ok or error), with tokens, cost, latency and ``meta.<key>``
+        columns. This session by default; ``since``/``until`` (ISO string, datetime, or a duration back
+        from now like "7d") reach every session in that range, ``scope="all"`` the whole ledger."""
         from .frames import usage_frame
 
-        return usage_frame(self._service.ledger)
+        return usage_frame(self._service.ledger, self._selection(since, until, scope))
 
-    def cost_summary(self, by: str | Sequence[str] = ("provider", "model")) -> pd.DataFrame:
-        """Requests, tokens and cost grouped ``by`` provider, model, day, ... (budget in ``.attrs``)."""
+    def cost_summary(self, by: str | Sequence[str] = ("provider", "model"), since: Any = None, until: Any = None,
+                     scope: str | None = None) -> pd.DataFrame:
+        """Requests, tokens and cost grouped ``by`` provider, model, day, "meta.<key>", ... over the records
+        ``usage`` would return for the same ``since``/``until``/``scope`` (budget in ``.attrs``)."""
         from .frames import cost_summary_frame
 
-        frame = cost_summary_frame(self._service.ledger, by=by)
+        frame = cost_summary_frame(self._service.ledger, by=by, selection=self._selection(since, until, scope))
         frame.attrs["budget"] = self.budget_status()
         return frame
+
+    def _selection(self, since: Any, until: Any, scope: str | None) -> Any:
+        from .ledger.queries import selection
+
+        return selection(since, until, scope, session_id=self.session_id, now=self._service.wallclock())
+
+    def prune_ledger(self, before: Any, rollup: bool = True) -> dict[str, Any]:
+        """Delete the ledger file's requests that finished before ``before`` (a date, datetime, ISO string,
+        or an age like "90d"), from every session. With ``rollup`` their daily totals per provider and
+        model stay, so ``cost_summary(by="day", scope="all")`` and the budget still count them.
+        Returns ``{"deleted", "before", "rollup", "rollup_rows"}``."""
+        from ._errors import ConfigError
+        from .ledger.queries import to_epoch
+
+        history = self._service.ledger.history
+        if history is None:
+            raise ConfigError("prune_ledger needs a ledger file; this client keeps its ledger in memory only")
+        cutoff = to_epoch(before, "before", self._service.wallclock())
+        assert cutoff is not None
+        return history.prune(cutoff, rollup=rollup)
 
     def health(self) -> pd.DataFrame:
         """One row per provider: breaker state, health, uptime, error rate, latency percentiles.
@@ -309,11 +333,12 @@ class Client:
 
         return health_frame(self._service.health.rows())
 
-    def latency(self, freq: str = "10s") -> pd.DataFrame:
-        """Latency p50/p95 and request counts per provider over time, for plots."""
+    def latency(self, freq: str = "10s", since: Any = None, until: Any = None,
+                scope: str | None = None) -> pd.DataFrame:
+        """Latency p50/p95 and request counts per provider over time, for plots (records as ``usage``)."""
         from .frames import latency_frame
 
-        return latency_frame(self._service.ledger, freq=freq)
+        return latency_frame(self._service.ledger, freq=freq, selection=self._selection(since, until, scope))
 
     def events(self, kind: str | None = None) -> pd.DataFrame:
         """Attempts, retries, fallbacks, breaker transitions, waits and health checks, oldest first."""

@@ -146,6 +146,7 @@ class ClientConfig:
     cache_max_bytes: int | None = 1 << 30  # stored answers beyond this evict the least recently hit; None: no bound
     shared_state: str | None = None  # "redis://host:port/db": limits, breakers and budget shared (llmkit.shared)
     namespace: str = "llmkit"
+    memory_records: int = 100_000  # a ledger file's in-memory window: this session's newest records
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,6 +417,7 @@ def parse_client_config(raw: Mapping[str, Any], source: str | None = None) -> Cl
         **_parse_cache(raw, where),
         shared_state=_parse_shared_state(raw.get("shared_state"), where),
         namespace=_parse_namespace(raw.get("namespace", "llmkit"), where),
+        memory_records=_positive_int(raw.get("memory_records", 100_000), where, "memory_records"),
     )
 
 

@@ -56,7 +56,7 @@ class Service:
                              on_attempt=self.health.record_request)
         self.pricer = Pricer({p.name: p.pricing for p in config.providers if p.pricing})
         ledger_path = None if config.ledger in (None, ":memory:") else config.ledger
-        self.ledger = Ledger(ledger_path)
+        self.ledger = Ledger(ledger_path, memory_records=config.memory_records, session_id=self.session_id)
         self.budget = (Budget(config.budget_usd, config.budget_period, self.ledger, wallclock)
                        if config.budget_usd is not None else None)
         if self.shared is not None and self.budget is not None:

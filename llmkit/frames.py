@@ -7,20 +7,33 @@ the same column names and dtypes whether there are no rows or a million:
 - low-cardinality strings (provider, model, status, error type) are ``category`` with sorted categories;
 - other text is pandas' string dtype, missing as NaN; ``metadata`` holds the compact JSON the ledger
   stores (``df.metadata.map(json.loads, na_action="ignore")`` gives dicts);
-- ``cost_usd`` is NaN for an unpriced request, never 0, and ``priced`` says which is which.
+- ``cost_usd`` is NaN for an unpriced request, never 0, and ``priced`` says which is which;
+- each metadata key becomes a column ``meta.<key>`` after the built-in ones, in order of first
+  appearance, with a dtype from its values: ``Int64`` (all integers), ``float64`` (numbers),
+  ``boolean``, the string dtype, or ``object`` when mixed; missing is NA.
 
-``usage_frame`` builds straight from the ledger's columns (no per-record Python objects), so a
-million records take well under the 2 s target.
+Which records: a ``Selection`` (``llmkit.ledger.queries``: a time range, one session or all). This
+session's records come from the ledger's memory while it still holds all of them; anything else is
+read from the ledger file with SQL, and ``cost_summary_frame`` groups there (``GROUP BY``), or over
+the file's day totals when the grouping allows (provider, model, day, month over every session).
+Without a selection, a frame covers what the ledger holds in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import json
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from ._errors import InvalidRequestError
+from .ledger.queries import DAILY_KEYS, META, SUMS, TIME_KEYS, Selection, day_span
+from .ledger.store import BOOLS, CODED, FIELDS, FLOATS, INTS
 
 if TYPE_CHECKING:
     from ._events import Event
@@ -123,13 +136,13 @@ def _numbers(values: array[Any], dtype: Any) -> np.ndarray[Any, Any]:
     return np.frombuffer(values, dtype=dtype) if len(values) else np.empty(0, dtype=dtype)
 
 
-def _category(codes: array[int], table: list[str]) -> pd.Categorical[Any]:
+def _category(codes: array[int] | np.ndarray[Any, Any], table: list[str]) -> pd.Categorical[Any]:
     """Codes into ``table`` (-1 for None) as a Categorical whose categories are sorted."""
     order = sorted(range(len(table)), key=table.__getitem__)
     remap = np.empty(len(table) + 1, dtype=np.int32)
     remap[np.asarray(order, dtype=np.intp)] = np.arange(len(table), dtype=np.int32)
     remap[-1] = -1
-    raw = _numbers(codes, np.int32)
+    raw = _numbers(codes, np.int32) if isinstance(codes, array) else codes
     categories = pd.Index([table[i] for i in order], dtype=STR)
     return pd.Categorical.from_codes(remap[raw], dtype=pd.CategoricalDtype(categories))
 
@@ -141,8 +154,90 @@ def _empty(columns: dict[str, Any]) -> pd.DataFrame:
 # -- usage ---------------------------------------------------------------------------------------
 
 
-def usage_frame(ledger: Ledger) -> pd.DataFrame:
-    """One row per finished request, in ledger order (see the module docstring for dtypes)."""
+def usage_frame(ledger: Ledger, selection: Selection | None = None) -> pd.DataFrame:
+    """One row per finished request in ``selection``, oldest first (see the module docstring)."""
+    if _in_memory(ledger, selection):
+        frame = _memory_frame(ledger)
+        if selection is not None:
+            frame = _select(frame, selection)
+    else:
+        with _gc_paused():  # millions of fresh row tuples would set off full collections over and over
+            frame = _sql_frame(ledger, selection or Selection())
+    return _with_meta(frame)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _in_memory(ledger: Ledger, selection: Selection | None) -> bool:
+    """Can ``selection`` be answered from memory? Yes without a file, or for this ledger's own session
+    while memory still holds all of it; no for other sessions or a session past the memory window."""
+    if ledger.history is None or selection is None:
+        return True
+    return (selection.session_id is not None and selection.session_id == ledger.session_id
+            and ledger.first_held == 0)
+
+
+def _select(frame: pd.DataFrame, sel: Selection) -> pd.DataFrame:
+    seconds = frame["time"].to_numpy(dtype="int64") / 1e9
+    keep = np.ones(len(frame), dtype=bool)
+    if sel.since is not None:
+        keep &= seconds >= sel.since
+    if sel.until is not None:
+        keep &= seconds < sel.until
+    if sel.session_id is not None:
+        keep &= (frame["session_id"] == sel.session_id).to_numpy(dtype=bool, na_value=False)
+    return frame if keep.all() else frame[keep].reset_index(drop=True)
+
+
+_NUMERIC = [n for n in FIELDS if n in FLOATS or n in INTS or n in BOOLS]
+_TEXT = [n for n in FIELDS if n not in _NUMERIC]
+
+
+def _sql_frame(ledger: Ledger, sel: Selection, names: list[str] | None = None) -> pd.DataFrame:
+    """The selected records read from the file: numbers as one float matrix, text transposed."""
+    assert ledger.history is not None
+    wanted = set(names or USAGE_COLUMNS)
+    numeric = [n for n in _NUMERIC if n in wanted or (n == "cost_usd" and "priced" in wanted)]
+    text = [n for n in _TEXT if n in wanted]
+    number_rows, text_rows = ledger.history.snapshot(sel, [numeric, text])
+    matrix = np.array(number_rows, dtype=np.float64).reshape(len(number_rows), len(numeric))
+    texts = list(zip(*text_rows, strict=True)) if text_rows else [()] * len(text)
+    data: dict[str, Any] = {}
+    for name in USAGE_COLUMNS:
+        if name not in wanted:
+            continue
+        if name == "priced":
+            data[name] = ~np.isnan(matrix[:, numeric.index("cost_usd")])
+        elif name in numeric:
+            column = matrix[:, numeric.index(name)]
+            if name in ("time", "started"):
+                data[name] = _utc(column)
+            elif name in INTS:
+                data[name] = column.astype(np.int64)
+            elif name in BOOLS:
+                data[name] = column.astype(bool)
+            else:
+                data[name] = np.ascontiguousarray(column)
+        else:
+            values = texts[text.index(name)]
+            if name in CODED:
+                codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+                data[name] = _category(codes.astype(np.int32), [str(u) for u in uniques])
+            else:
+                data[name] = pd.array(values, dtype=STR)
+    return pd.DataFrame(data, columns=[n for n in USAGE_COLUMNS if n in wanted], copy=False)
+
+
+def _memory_frame(ledger: Ledger) -> pd.DataFrame:
     raw = ledger.raw_columns()
     cost = _numbers(raw.floats["cost_usd"], np.float64)
     data: dict[str, Any] = {}
@@ -166,16 +261,83 @@ def usage_frame(ledger: Ledger) -> pd.DataFrame:
     return pd.DataFrame(data, copy=False)
 
 
-def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "model")) -> pd.DataFrame:
-    """Requests, errors, tokens and cost grouped ``by`` usage columns or "minute"/"hour"/"day"/"month".
+# -- metadata columns ----------------------------------------------------------------------------
+
+
+def _with_meta(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` plus a ``meta.<key>`` column per metadata key present (see the module docstring)."""
+    present = frame["metadata"].notna().to_numpy()
+    if not present.any():
+        return frame
+    where = np.flatnonzero(present)
+    parsed = json.loads("[" + ",".join(frame["metadata"].to_numpy()[where]) + "]")  # one parse, not one per row
+    table = pd.DataFrame([d if isinstance(d, dict) else {} for d in parsed], dtype=object)
+    columns: dict[str, Any] = {}
+    for key in table.columns:
+        values = np.full(len(frame), None, dtype=object)
+        values[where] = table[key].to_numpy(dtype=object)
+        columns[META + str(key)] = meta_series(values.tolist())
+    return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
+
+
+def meta_series(values: list[Any]) -> pd.Series:
+    """Metadata values (None or NaN for missing: JSON has no NaN) with the most specific dtype that holds
+    them all."""
+    values = [None if v is None or v != v else v for v in values]
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(pd.array(values, dtype="boolean"))
+    if present and all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63 for v in present):
+        return pd.Series(pd.array(values, dtype="Int64"))
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.Series(np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64))
+    if all(isinstance(v, str) for v in present):
+        return pd.Series(pd.array(values, dtype=STR))
+    return pd.Series(values, dtype=object)
+
+
+def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "model"),
+                       selection: Selection | None = None) -> pd.DataFrame:
+    """Requests, errors, tokens and cost of ``selection`` grouped ``by`` usage columns, time buckets
+    ("minute", "hour", "day", "month") or metadata keys ("meta.<key>"), in any mix.
 
     ``cost_usd`` sums the priced requests (NaN when none in the group was priced);
-    ``unpriced_requests`` counts the successful requests whose price is unknown.
+    ``unpriced_requests`` counts the successful requests whose price is unknown. An unknown name raises
+    ``InvalidRequestError`` (a ``ValueError``) listing the valid ones, metadata keys present included.
     """
     keys = [by] if isinstance(by, str) else list(by)
     if not keys:
-        raise ValueError("cost_summary_frame: 'by' needs at least one column")
-    usage = usage_frame(ledger)
+        raise InvalidRequestError("cost_summary: 'by' needs at least one column")
+    for key in keys:
+        if not isinstance(key, str) or (key not in _GROUPABLE and not key.startswith(META)):
+            _unknown_key(ledger, selection, key)
+    if _in_memory(ledger, selection):
+        frame = _summary_in_memory(ledger, selection, keys)
+    else:
+        frame = _summary_in_sql(ledger, selection or Selection(), keys)
+    return frame.astype(SUMMARY_COLUMNS)
+
+
+_GROUPABLE = frozenset([*TIME_KEYS, "month",
+                        *(c for c in USAGE_COLUMNS if c not in ("request_id", "metadata", "prompt"))])
+
+
+def _unknown_key(ledger: Ledger, selection: Selection | None, key: Any) -> None:
+    if _in_memory(ledger, selection):
+        usage = usage_frame(ledger, selection)
+        meta = [c for c in usage.columns if c.startswith(META)]
+    else:
+        assert ledger.history is not None
+        meta = [META + k for k in ledger.history.meta_keys(selection or Selection())]
+    raise InvalidRequestError(f"cost_summary: cannot group by {key!r}; expected a metadata key present "
+                              f"{meta} or one of {sorted(_GROUPABLE)}")
+
+
+def _summary_in_memory(ledger: Ledger, selection: Selection | None, keys: list[str]) -> pd.DataFrame:
+    usage = usage_frame(ledger, selection)
+    for key in keys:
+        if key.startswith(META) and key not in usage.columns and len(usage):
+            _unknown_key(ledger, selection, key)
     frame = pd.DataFrame({key: _group_key(usage, key) for key in keys})
     frame["_error"] = (usage["status"] == "error").to_numpy()
     frame["_unpriced"] = (~usage["priced"] & (usage["status"] == "ok")).to_numpy()
@@ -183,7 +345,7 @@ def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "m
                  "cost_saved_usd"):
         frame[name] = usage[name]
     grouped = frame.groupby(keys, observed=True, dropna=False, sort=True)
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "requests": grouped.size(),
         "errors": grouped["_error"].sum(),
         "input_tokens": grouped["input_tokens"].sum(),
@@ -195,7 +357,60 @@ def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "m
         "cached_requests": grouped["cached"].sum(),
         "cost_saved_usd": grouped["cost_saved_usd"].sum(),
     }).reset_index()
-    return out.astype(SUMMARY_COLUMNS)
+
+
+def _summary_in_sql(ledger: Ledger, sel: Selection, keys: list[str]) -> pd.DataFrame:
+    """GROUP BY in SQLite; over the day totals (pruned days included) when every key allows it and
+    the question is about every session, with the partial days at the range's edges from the requests."""
+    history = ledger.history
+    assert history is not None
+    meta = [k for k in keys if k.startswith(META)]
+    if meta and history.count(sel):
+        for key in meta:
+            if not history.has_meta_key(sel, key[len(META):]):
+                _unknown_key(ledger, sel, key)
+    if sel.session_id is None and set(keys) <= DAILY_KEYS:
+        day_from, day_to, edges = day_span(sel)
+        rows = history.daily(keys, day_from, day_to)
+        for edge in edges:
+            rows += history.summary(edge, keys)
+        regroup = True  # day totals, requests past them and the edges may share groups
+    else:
+        rows, regroup = history.summary(sel, keys), False
+    columns = list(zip(*rows, strict=True)) if rows else [()] * (len(keys) + len(SUMS))
+    data: dict[str, Any] = {key: _sql_key(key, list(columns[i])) for i, key in enumerate(keys)}
+    for j, name in enumerate(SUMS):
+        values = columns[len(keys) + j]
+        data[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    out = pd.DataFrame(data)
+    if regroup and len(out):
+        grouped = out.groupby(keys, observed=True, dropna=False, sort=False)
+        sums = {name: grouped[name].sum(min_count=1 if name == "cost_usd" else 0) for name in SUMS}
+        out = pd.DataFrame(sums).reset_index()
+    try:
+        out = out.sort_values(keys, na_position="last", kind="stable")
+    except TypeError:  # metadata values of mixed types do not sort: keep SQLite's order
+        pass
+    return out.reset_index(drop=True)
+
+
+def _sql_key(key: str, values: list[Any]) -> Any:
+    """A group-by column from SQLite values, with the dtype the same key has in ``usage_frame``."""
+    if key in TIME_KEYS or key in ("month", "time", "started"):
+        return _utc(np.array([np.nan if v is None else v for v in values], dtype=np.float64))
+    if key.startswith(META):
+        return meta_series(values)
+    dtype = USAGE_COLUMNS[key]
+    if dtype == "category":
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
+        return _category(codes.astype(np.int32), [str(u) for u in uniques])
+    if dtype == "bool":
+        return np.array([bool(v) for v in values], dtype=bool)
+    if dtype == "int64":
+        return np.array(values, dtype=np.int64)
+    if dtype == "float64":
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    return pd.array(values, dtype=STR)
 
 
 def _group_key(usage: pd.DataFrame, key: str) -> pd.Series:
@@ -204,16 +419,18 @@ def _group_key(usage: pd.DataFrame, key: str) -> pd.Series:
     if key == "month":
         naive = usage["time"].dt.tz_localize(None)
         return (naive - pd.to_timedelta(naive.dt.day - 1, unit="D")).dt.normalize().dt.tz_localize("UTC")
-    if key not in usage.columns or key in ("request_id", "metadata", "prompt"):
-        allowed = sorted([*_TIME_KEYS, "month", *(c for c in usage.columns if c not in ("request_id", "prompt"))])
-        raise ValueError(f"cost_summary_frame: cannot group by {key!r}; expected one of {allowed}")
+    if key.startswith(META) and key not in usage.columns:
+        return pd.Series([], dtype=STR) if not len(usage) else usage[key]  # raises KeyError only if present
     return usage[key]
 
 
-def latency_frame(ledger: Ledger, freq: str = "10s") -> pd.DataFrame:
+def latency_frame(ledger: Ledger, freq: str = "10s", selection: Selection | None = None) -> pd.DataFrame:
     """Per time bucket (``freq``, a pandas offset like "10s", "1min") and provider: requests, errors,
     and the 50th/95th percentile latency of the successful requests. Sorted by time, then provider."""
-    usage = usage_frame(ledger)
+    if _in_memory(ledger, selection):
+        usage = usage_frame(ledger, selection)
+    else:
+        usage = _sql_frame(ledger, selection or Selection(), ["time", "provider", "status", "latency_s"])
     if usage.empty:
         return _empty(LATENCY_COLUMNS)
     ok = (usage["status"] == "ok").to_numpy()

@@ -29,12 +29,18 @@ class Monitor:
         return self._service.wallclock()
 
     def record_count(self) -> int:
-        """How many ledger records this client holds in memory."""
+        """How many ledger records this client (this session) has written: the next record's position."""
         return len(self._service.ledger)
 
     def records(self, start: int = 0) -> dict[str, Any]:
-        """The ledger's records from position ``start`` on, as columns (name -> list of values)."""
+        """This session's records from position ``start`` on, as columns (name -> list of values). Memory
+        holds the newest ``memory_records`` of them: an older ``start`` gets the oldest still held."""
         return self._service.ledger.columns(start)
+
+    def records_from(self, start: int = 0) -> tuple[int, dict[str, Any]]:
+        """``records(start)`` with the position its first row really has (> ``start`` when the rows in
+        between have left memory), so a reader can keep an exact cursor."""
+        return self._service.ledger.columns_at(start)
 
     def events_since(self, seq: int = 0) -> list[Event]:
         """Events (attempts, retries, fallbacks, breaker transitions, waits, health checks) after ``seq``."""

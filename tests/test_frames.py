@@ -61,9 +61,10 @@ def dtypes(df: pd.DataFrame) -> dict[str, str]:
 def test_usage_frame_columns_and_dtypes_empty_and_full(ledger: Ledger) -> None:
     full = frames.usage_frame(ledger)
     empty = frames.usage_frame(Ledger(None))
-    assert list(full.columns) == list(empty.columns) == list(frames.USAGE_COLUMNS)
+    assert list(full.columns) == [*frames.USAGE_COLUMNS, "meta.team"]  # one column per metadata key
+    assert list(empty.columns) == list(frames.USAGE_COLUMNS)
     assert set(CONTRACT) <= set(full.columns)
-    assert dtypes(full) == dtypes(empty)
+    assert dtypes(full) == {**dtypes(empty), "meta.team": dtypes(full)["meta.team"]}
     assert dtypes(full)["time"] == dtypes(full)["started"] == "datetime64[ns, UTC]"
     for col in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "attempts", "priority"):
         assert dtypes(full)[col] == "int64"

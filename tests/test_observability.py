@@ -90,7 +90,8 @@ def test_costs_survive_a_restart(tmp_path: Path) -> None:
         ids = [client.completion("m1", MSG).id for _ in range(3)]
         total = client.usage()["cost_usd"].sum()
     with llmkit.Client([provider], ledger=str(ledger), health_interval=None) as client:
-        frame = client.usage()
+        assert client.usage().empty  # a new session starts empty; the history is a query away
+        frame = client.usage(scope="all")
     assert sorted(frame["request_id"]) == sorted(ids)
     assert frame["cost_usd"].sum() == pytest.approx(total)
 

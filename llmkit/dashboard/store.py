@@ -167,7 +167,9 @@ class DashboardStore(param.Parameterized):
     def _refresh(self, now: float) -> None:
         started = time.perf_counter()
         monitor = self._monitor
-        rows = monitor.records(self._ledger_len) if monitor.record_count() > self._ledger_len else None
+        rows = None
+        if monitor.record_count() > self._ledger_len:
+            self._ledger_len, rows = monitor.records_from(self._ledger_len)  # past any that left memory
         events = monitor.events_since(self._event_seq)
         if self._next_bucket is None:
             self._start_timeline(now, rows, events)

@@ -70,6 +70,49 @@ def m003_session_kind_cache_columns(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_session ON requests (session_id, time)")
 
 
+
+DAILY_ROLLUP = """
+    SELECT CAST(time / 86400 AS INTEGER) * 86400, ifnull(provider, ''), ifnull(model, ''), count(*),
+           total(status = 'error'), total(input_tokens), total(output_tokens), total(cache_read_tokens),
+           total(cache_write_tokens), total(cost_usd), count(cost_usd), total(cost_usd IS NULL AND status = 'ok')
+    FROM requests WHERE id > ? AND id <= ? GROUP BY 1, 2, 3
+"""
+
+
+@migration
+def m004_history_indexes_and_daily_rollup(db: sqlite3.Connection) -> None:
+    """Issue 12: history is queried in SQL (by time and session through the indexes of m002/m003).
+    ``requests_daily``: one row per UTC day, provider and model (NULL stored as ''), the totals of every
+    request up to the id in ``requests_daily_upto`` (readers add the few rows past it and fold them in
+    from time to time: see ``queries.History``), so long-range cost summaries and the budget's period spend read a few
+    hundred rows instead of millions, and pruning can delete requests while their day totals stay.
+    Nothing runs per insert, and no index is added: provider/model summaries read the day totals (an
+    index on provider/model served no query here and cost ~8 µs a commit). Filled from the rows here."""
+    db.execute(
+        """
+        CREATE TABLE requests_daily (
+            day INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            input_tokens INTEGER NOT NULL,
+            output_tokens INTEGER NOT NULL,
+            cache_read_tokens INTEGER NOT NULL,
+            cache_write_tokens INTEGER NOT NULL,
+            cost_usd REAL NOT NULL,
+            priced INTEGER NOT NULL,
+            unpriced_requests INTEGER NOT NULL,
+            PRIMARY KEY (day, provider, model)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE TABLE requests_daily_upto (id INTEGER NOT NULL)")
+    upto = db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0]
+    db.execute(f"INSERT INTO requests_daily {DAILY_ROLLUP}", (0, upto))
+    db.execute("INSERT INTO requests_daily_upto VALUES (?)", (upto,))
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     """Names of the migrations this database has, in the order they ran."""
     _ensure_table(db)

@@ -14,7 +14,11 @@ One row SQLite refuses (text with a lone surrogate) is stored scrubbed and never
 its group commit. A file that is not a usable ledger is a ``ConfigError`` saying to move it aside. After
 ``os.fork()`` the child never touches the parent's connection: it reconnects on its first write.
 
-On open, the records already in the file are loaded, so costs and budgets survive a restart.
+The file is the store of record: opening it loads nothing (``queries.History`` answers questions
+about the past in SQL, and the budget reads period spend from it, so several clients or processes on
+one file share one budget). In memory a file-backed ledger keeps only the records appended through it
+(this session's), and only the newest ``memory_records`` of those: positions keep counting (``len``
+is every record appended), older positions read as gone. A memory-only ledger keeps every record.
 The schema changes only through ``migrations``. Readers on other threads (the dashboard) take
 consistent snapshots with ``columns()``.
 """
@@ -41,6 +45,7 @@ from typing import Any
 from .._errors import ConfigError
 from .._secrets import logger
 from .migrations import migrate
+from .queries import History, Selection
 
 
 @dataclass(slots=True)
@@ -89,6 +94,7 @@ STATUSES = ("ok", "error", "cancelled")
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
 _BATCH = 1024
+MEMORY_RECORDS = 100_000  # a file-backed ledger's in-memory window (this session's newest records)
 
 # Who waits for a row's commit: a thread (concurrent Future) or a coroutine (asyncio Future on its loop).
 _Waiter = Future[None] | asyncio.Future[None]
@@ -400,10 +406,16 @@ def _shutdown(writer: _Writer) -> None:
 class Ledger:
     """Every finished request, as one record. ``path=None`` or ``":memory:"`` keeps it in memory only."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = "default") -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = "default", *,
+                 memory_records: int | None = MEMORY_RECORDS, session_id: str | None = None) -> None:
         if path is not None and os.fspath(path) == "default":
             path = self.default_path()
         self.path: Path | None = None if path is None or os.fspath(path) == ":memory:" else Path(path)
+        self.history: History | None = None if self.path is None else History(self.path)
+        # only a file-backed ledger forgets: a memory-only one is its own store of record
+        self.memory_records = memory_records if self.path is not None else None
+        self._dropped = 0  # records appended and since dropped from memory (positions keep counting)
+        self.session_id = session_id  # the session whose records are appended here (frames read them from memory)
         self._lock = threading.Lock()
         self._closed = False
         self._ids: set[str] = set()
@@ -439,19 +451,9 @@ class Ledger:
     # -- opening -------------------------------------------------------------------------------
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        db = _connect(path)
-        try:
-            for row in db.execute(_SELECT):
-                self._store(row)
-        except sqlite3.DatabaseError as exc:
-            db.close()
-            if _retryable(exc):
-                raise
-            raise _unusable(path, exc) from None
-        except BaseException:
-            db.close()
-            raise
-        return db
+        """The file's connection, migrated (loading nothing: history is read in SQL, see ``queries``); a file
+        that is not a usable ledger is a ``ConfigError``."""
+        return _connect(path)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -548,19 +550,44 @@ class Ledger:
         self._ids.add(request_id)
         if cost_usd is not None:
             self._total_cost += cost_usd
+        limit = self.memory_records
+        if limit is not None and len(texts["request_id"]) > limit + max(1, limit // 4):
+            self._forget(len(texts["request_id"]) - limit)
+
+    def _forget(self, k: int) -> None:
+        """Drop the oldest ``k`` records from memory (in chunks, so it is amortised). Holds the lock."""
+        for gone in self._texts["request_id"][:k]:
+            self._ids.discard(gone or "")
+        for columns in (self._floats, self._ints, self._bools, self._texts):
+            for values in columns.values():
+                del values[:k]
+        for coded in self._coded.values():
+            del coded.codes[:k]
+        self._dropped += k
 
     # -- reading -------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._texts["request_id"])
+        """Records appended through this ledger (those dropped from memory included)."""
+        return self._dropped + len(self._texts["request_id"])
+
+    @property
+    def first_held(self) -> int:
+        """Position of the oldest record still in memory (0 until the window first moves)."""
+        return self._dropped
 
     def __getitem__(self, i: int) -> LedgerRecord:
-        """The ``i``-th record (negative indices count from the end)."""
+        """The record at position ``i`` (negative indices count from the end); IndexError for one no longer
+        in memory (read those with ``history``)."""
         with self._lock:
             n = len(self)
             if not -n <= i < n:
                 raise IndexError(f"ledger index {i} out of range ({n} records)")
             i %= n
+            if i < self._dropped:
+                raise IndexError(f"ledger record {i} is no longer in memory (the newest "
+                                 f"{self.memory_records} are); read older ones from the file")
+            i -= self._dropped
             values: dict[str, Any] = {name: self._floats[name][i] for name in FLOATS}
             values.update({name: self._ints[name][i] for name in INTS})
             values.update({name: bool(self._bools[name][i]) for name in BOOLS})
@@ -572,10 +599,14 @@ class Ledger:
         return LedgerRecord(**values)
 
     def raw_columns(self, start: int = 0) -> RawColumns:
-        """A consistent copy of ``records[start:]`` in storage form (what ``llmkit.frames`` builds from)."""
+        """A consistent copy of ``records[start:]`` in storage form (what ``llmkit.frames`` builds from).
+        ``start`` is a position; ``.start`` of the copy says where it really begins (the oldest record
+        still in memory, when ``start`` is older)."""
         with self._lock:
+            first = max(start, self._dropped)
+            start = first - self._dropped
             return RawColumns(
-                start=start,
+                start=first,
                 floats={k: v[start:] for k, v in self._floats.items()},
                 ints={k: v[start:] for k, v in self._ints.items()},
                 bools={k: v[start:] for k, v in self._bools.items()},
@@ -590,6 +621,11 @@ class Ledger:
         Numbers come as ``array`` (bools as 0/1 ``array('b')``), strings as lists with None for
         missing, ``cost_usd`` as a list of float or None, ``metadata`` as compact JSON strings or None.
         """
+        return self.columns_at(start)[1]
+
+    def columns_at(self, start: int = 0) -> tuple[int, dict[str, list[Any] | array[Any]]]:
+        """``columns(start)`` and the position of its first row (later than ``start`` when the records in
+        between have left memory)."""
         raw = self.raw_columns(start)
         out: dict[str, list[Any] | array[Any]] = {}
         for name in FIELDS:
@@ -606,15 +642,19 @@ class Ledger:
                 out[name] = [table[c] for c in raw.codes[name]]
             else:
                 out[name] = raw.texts[name]
-        return out
+        return raw.start, out
 
     def costs(self, start: int = 0) -> tuple[array[float], array[float]]:
-        """``(time, cost_usd)`` of ``records[start:]`` (cost NaN when unpriced): cheap, for budgets."""
+        """``(time, cost_usd)`` of ``records[start:]`` held in memory (cost NaN when unpriced): cheap."""
         with self._lock:
+            start = max(0, start - self._dropped)
             return self._floats["time"][start:], self._floats["cost_usd"][start:]
 
     def total_cost_usd(self, since: float | None = None) -> float:
-        """The priced cost of every record (finished at or after ``since``, epoch seconds, if given)."""
+        """The priced cost of every record stored (finished at or after ``since``, epoch seconds, if given):
+        the whole file for a file-backed ledger, else what is in memory."""
+        if self.history is not None:
+            return self.history.total_cost(since)
         if since is None:
             with self._lock:
                 return self._total_cost
@@ -622,8 +662,25 @@ class Ledger:
         return math.fsum(c for t, c in zip(times, costs, strict=True) if t >= since and c == c)
 
     def request_ids(self) -> list[str]:
+        """Every stored request id, oldest first: the whole file for a file-backed ledger."""
+        if self.history is not None:
+            return self.history.request_ids()
         with self._lock:
             return [i for i in self._texts["request_id"] if i is not None]
+
+    def history_records(self) -> list[LedgerRecord]:
+        """Every stored record as ``LedgerRecord``s, oldest first (the whole file, or memory): for tests
+        and small ledgers; use ``llmkit.frames`` (``client.usage``) for large ones."""
+        if self.history is None:
+            return [self[i] for i in range(self._dropped, len(self))]
+        out = []
+        for row in self.history.rows(Selection(), FIELDS):
+            values = dict(zip(FIELDS, row, strict=True))
+            for name in BOOLS:
+                values[name] = bool(values[name])
+            values["metadata"] = json.loads(values["metadata"]) if values["metadata"] else None
+            out.append(LedgerRecord(**values))
+        return out
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -635,6 +692,9 @@ class Ledger:
             self._closed = True
         if self._writer is not None:
             self._finalizer()  # enqueue the stop marker after pending rows and join the writer
+        if self.history is not None:
+            self.history.close()
+            self.history.fold_quietly()  # this session's requests into the day totals (readers need not add them)
 
     @property
     def closed(self) -> bool:

@@ -2,8 +2,10 @@
 
 ``Budget`` owns the check made before a request is sent: what the ledger says was spent in the current
 period (a UTC day, a UTC month, or all time), plus what requests in flight have reserved, plus this
-request's estimate. Spending is a running total over the ledger's new records only; the ledger is
-rescanned once when a new period starts. Thread-safe: the dashboard reads ``status()`` from its thread.
+request's estimate. With a ledger file, spending is read from the file's day totals at every check
+(microseconds), so every client and process writing that file shares one budget; a memory-only ledger
+keeps a running total over its new records, rescanned once when a new period starts. Thread-safe: the
+dashboard reads ``status()`` from its thread.
 
     token = budget.reserve(estimate_usd)      # raises BudgetExceededError
     budget.resize(token, fallback_estimate)  # before each further provider is tried; may raise too
@@ -134,6 +136,11 @@ class Budget:
     def _refresh(self) -> float:
         """Add records new since the last call; start over when the period rolled. Holds ``_lock``."""
         start = period_start(self.period, self._wallclock())
+        history = self._ledger.history
+        if history is not None:  # the file is the store of record: every client and process on it counts
+            self._period_start, self._fresh = start, False
+            self._spent = history.spent(start)
+            return self._spent
         if self._fresh or start != self._period_start:
             self._period_start, self._seen, self._spent, self._fresh = start, 0, 0.0, False
         n = len(self._ledger)

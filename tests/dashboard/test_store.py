@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,8 +68,8 @@ def test_percentile_matches_numpy_linear() -> None:
 def test_refresh_reads_only_new_ledger_rows(client: llmkit.Client, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = client._service.ledger
     starts: list[int] = []
-    columns = ledger.columns
-    monkeypatch.setattr(ledger, "columns", lambda start=0: starts.append(start) or columns(start))
+    columns = ledger.columns_at
+    monkeypatch.setattr(ledger, "columns_at", lambda start=0: starts.append(start) or columns(start))
     store = DashboardStore(client)
     store.refresh()
     assert (store.requests, starts) == (0, [])
@@ -239,3 +240,23 @@ def test_no_api_key_reaches_the_store() -> None:
     state = repr([list(store.recent), store.cost_table(), store.health, list(store.timeline)])
     assert store.errors == 1 and next(iter(store.recent))["error"] == "AuthenticationError"
     assert key not in state and key[3:15] not in state
+
+
+def test_records_that_left_the_memory_window_are_skipped_not_counted_twice(tmp_path: Path) -> None:
+    """A file-backed client keeps only its newest ``memory_records`` in memory; a dashboard that fell
+    behind reads from the oldest still held and keeps an exact cursor (issue 12)."""
+    with llmkit.Client([{"name": "m", "adapter": "mock"}], ledger=str(tmp_path / "l.sqlite3"),
+                       health_interval=None, memory_records=4) as c:
+        store = DashboardStore(c)
+        store.refresh()
+        for _ in range(3):
+            c.completion(model="m", messages=MSG)
+        store.refresh()
+        for _ in range(20):
+            c.completion(model="m", messages=MSG)
+        store.refresh()
+        held = 23 - c.monitor.records_from(0)[0]
+        assert store.requests == 3 + held  # the ones gone from memory are skipped, none counted twice
+        c.completion(model="m", messages=MSG)
+        store.refresh()
+        assert store.requests == 4 + held

@@ -82,7 +82,8 @@ async def test_file_round_trip_and_restart_reload(tmp_path: Path) -> None:
     assert len(ledger) == 4  # still readable after close
 
     reopened = Ledger(path)
-    assert [reopened[i] for i in range(len(reopened))] == records
+    assert len(reopened) == 0  # opening loads nothing: the file is the store of record
+    assert reopened.history_records() == records
     assert reopened.total_cost_usd() == pytest.approx(0.001)  # costs survive a restart
     await reopened.append(rec(5, cost_usd=0.25))
     reopened.close()
@@ -329,11 +330,12 @@ def test_second_version_columns_round_trip_and_migrate_a_first_version_file(
                " VALUES ('old-1', 1700000000, 1699999999, 'gpt-4o', 'ok', 'openai', 'gpt-4o', 0.5)")
     db.close()
     with Ledger(path) as ledger:
-        assert ledger[0].request_id == "old-1"
-        assert (ledger[0].session_id, ledger[0].kind, ledger[0].cached) == (None, "completion", False)
+        old = ledger.history_records()[0]
+        assert old.request_id == "old-1"
+        assert (old.session_id, old.kind, old.cached) == (None, "completion", False)
         new = rec(9, session_id="s-1", kind="embedding", cached=True, cost_saved_usd=0.25, usage_suspect=True,
                   status="cancelled", cost_usd=0.0)
         ledger.append_sync(new)
     with Ledger(path) as again:
-        assert again[1] == new
+        assert again.history_records()[1] == new
         assert "m003_session_kind_cache_columns" in applied(sqlite3.connect(path))
