@@ -71,7 +71,17 @@ def m003_session_kind_cache_columns(db: sqlite3.Connection) -> None:
 
 
 
+#: The day totals of the requests with ``lo < id <= hi`` (parameters), in ``requests_daily``'s column order
+#: since m005. Migrations keep their own frozen copies: this one may grow, theirs never change.
 DAILY_ROLLUP = """
+    SELECT CAST(time / 86400 AS INTEGER) * 86400, ifnull(provider, ''), ifnull(model, ''), count(*),
+           total(status = 'error'), total(input_tokens), total(output_tokens), total(cache_read_tokens),
+           total(cache_write_tokens), total(cost_usd), count(cost_usd), total(cost_usd IS NULL AND status = 'ok'),
+           total(cached), total(cost_saved_usd)
+    FROM requests WHERE id > ? AND id <= ? GROUP BY 1, 2, 3
+"""
+
+_DAILY_ROLLUP_M004 = """
     SELECT CAST(time / 86400 AS INTEGER) * 86400, ifnull(provider, ''), ifnull(model, ''), count(*),
            total(status = 'error'), total(input_tokens), total(output_tokens), total(cache_read_tokens),
            total(cache_write_tokens), total(cost_usd), count(cost_usd), total(cost_usd IS NULL AND status = 'ok')
@@ -109,8 +119,25 @@ def m004_history_indexes_and_daily_rollup(db: sqlite3.Connection) -> None:
     )
     db.execute("CREATE TABLE requests_daily_upto (id INTEGER NOT NULL)")
     upto = db.execute("SELECT ifnull(max(id), 0) FROM requests").fetchone()[0]
-    db.execute(f"INSERT INTO requests_daily {DAILY_ROLLUP}", (0, upto))
+    db.execute(f"INSERT INTO requests_daily {_DAILY_ROLLUP_M004}", (0, upto))
     db.execute("INSERT INTO requests_daily_upto VALUES (?)", (upto,))
+
+
+@migration
+def m005_daily_cache_totals(db: sqlite3.Connection) -> None:
+    """Issue 13 x 12: the day totals also count cached answers and the dollars they saved, so
+    ``cost_summary(scope="all")`` shows ``cached_requests`` and ``cost_saved_usd`` from SQL too."""
+    db.execute("ALTER TABLE requests_daily ADD COLUMN cached_requests INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE requests_daily ADD COLUMN cost_saved_usd REAL NOT NULL DEFAULT 0")
+    db.execute(
+        """
+        UPDATE requests_daily SET cached_requests = d.cached, cost_saved_usd = d.saved
+        FROM (SELECT CAST(time / 86400 AS INTEGER) * 86400 AS day, ifnull(provider, '') AS provider,
+                     ifnull(model, '') AS model, total(cached) AS cached, total(cost_saved_usd) AS saved
+              FROM requests WHERE id <= (SELECT id FROM requests_daily_upto) GROUP BY 1, 2, 3) AS d
+        WHERE requests_daily.day = d.day AND requests_daily.provider = d.provider AND requests_daily.model = d.model
+        """
+    )
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

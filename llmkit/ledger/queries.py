@@ -43,7 +43,9 @@ _FOLD = f"""INSERT INTO requests_daily {DAILY_ROLLUP}
         input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens,
         cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
         cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens, cost_usd = cost_usd + excluded.cost_usd,
-        priced = priced + excluded.priced, unpriced_requests = unpriced_requests + excluded.unpriced_requests"""
+        priced = priced + excluded.priced, unpriced_requests = unpriced_requests + excluded.unpriced_requests,
+        cached_requests = cached_requests + excluded.cached_requests,
+        cost_saved_usd = cost_saved_usd + excluded.cost_saved_usd"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,13 +145,14 @@ def key_sql(name: str, daily: bool = False) -> str:
 
 DAILY_KEYS = frozenset({"provider", "model", "day", "month"})
 SUMS = ("requests", "errors", "input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-        "cost_usd", "unpriced_requests")
+        "cost_usd", "unpriced_requests", "cached_requests", "cost_saved_usd")
 _SUM_SQL = ("count(*)", "total(status = 'error')", "total(input_tokens)", "total(output_tokens)",
             "total(cache_read_tokens)", "total(cache_write_tokens)", "sum(cost_usd)",
-            "total(cost_usd IS NULL AND status = 'ok')")
+            "total(cost_usd IS NULL AND status = 'ok')", "total(cached)", "total(cost_saved_usd)")
 _DAILY_SUM_SQL = ("total(requests)", "total(errors)", "total(input_tokens)", "total(output_tokens)",
                   "total(cache_read_tokens)", "total(cache_write_tokens)",
-                  "CASE WHEN total(priced) > 0 THEN total(cost_usd) END", "total(unpriced_requests)")
+                  "CASE WHEN total(priced) > 0 THEN total(cost_usd) END", "total(unpriced_requests)",
+                  "total(cached_requests)", "total(cost_saved_usd)")
 
 
 class History:
@@ -389,13 +392,16 @@ def _unroll(db: sqlite3.Connection, before: float) -> None:
             cache_read_tokens = requests_daily.cache_read_tokens - d.cache_read_tokens,
             cache_write_tokens = requests_daily.cache_write_tokens - d.cache_write_tokens,
             cost_usd = requests_daily.cost_usd - d.cost_usd, priced = requests_daily.priced - d.priced,
-            unpriced_requests = requests_daily.unpriced_requests - d.unpriced_requests
+            unpriced_requests = requests_daily.unpriced_requests - d.unpriced_requests,
+            cached_requests = requests_daily.cached_requests - d.cached_requests,
+            cost_saved_usd = requests_daily.cost_saved_usd - d.cost_saved_usd
         FROM (SELECT CAST(time / 86400 AS INTEGER) * 86400 AS day, ifnull(provider, '') AS provider,
                      ifnull(model, '') AS model, count(*) AS requests, total(status = 'error') AS errors,
                      total(input_tokens) AS input_tokens, total(output_tokens) AS output_tokens,
                      total(cache_read_tokens) AS cache_read_tokens, total(cache_write_tokens) AS cache_write_tokens,
                      total(cost_usd) AS cost_usd, count(cost_usd) AS priced,
-                     total(cost_usd IS NULL AND status = 'ok') AS unpriced_requests
+                     total(cost_usd IS NULL AND status = 'ok') AS unpriced_requests,
+                     total(cached) AS cached_requests, total(cost_saved_usd) AS cost_saved_usd
               FROM requests WHERE time < ? GROUP BY 1, 2, 3) AS d
         WHERE requests_daily.day = d.day AND requests_daily.provider = d.provider
               AND requests_daily.model = d.model

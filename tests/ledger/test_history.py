@@ -397,3 +397,21 @@ def test_day_totals_fold_new_requests_in_and_stay_exact(tmp_path: Path, monkeypa
         assert c.cost_summary(scope="all")["requests"].sum() == 2
         assert file_spend(path)[0] > 0 and c.budget_status()["spent_usd"] == pytest.approx(file_spend(path)[0])
         assert c.usage(scope="all")["request_id"].tolist() == ids
+
+
+def test_cached_answers_and_saved_dollars_are_summed_in_sql_and_kept_by_the_day_totals(tmp_path: Path) -> None:
+    """cost_summary(scope="all") reads SQL (and the day totals after a prune): cached answers count there too."""
+    ledger, cache = tmp_path / "ledger.sqlite3", tmp_path / "cache.sqlite3"
+    entry = [{"name": "mock", "adapter": "mock", "pricing": {"m": {"input": 1.0, "output": 2.0}}}]
+    msg = [{"role": "user", "content": "hello"}]
+    with llmkit.Client(entry, ledger=str(ledger), cache=str(cache), health_interval=None) as one:
+        paid = one.completion("m", msg).cost_usd
+    with llmkit.Client(entry, ledger=str(ledger), cache=str(cache), health_interval=None) as two:
+        assert two.completion("m", msg).cached
+        summary = two.cost_summary(by="provider", scope="all")
+        assert summary["requests"].tolist() == [2] and summary["cached_requests"].tolist() == [1]
+        assert summary["cost_saved_usd"].iloc[0] == pytest.approx(paid)
+    with llmkit.Client(entry, ledger=str(ledger), health_interval=None) as three:
+        three.prune_ledger(before="2999-01-01", rollup=True)  # every row goes; the day totals stay
+        by_day = three.cost_summary(by="day", scope="all")
+        assert by_day["cached_requests"].sum() == 1 and by_day["cost_saved_usd"].sum() == pytest.approx(paid)

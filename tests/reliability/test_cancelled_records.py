@@ -115,13 +115,13 @@ def test_close_mid_stream_records_the_text_so_far(client: llmkit.Client, path: P
     assert row["output_tokens"] == pytest.approx(len("".join(CHUNKS)) / 4, abs=2)
     usage = llmkit.Client([{"name": "m", "adapter": "mock"}], ledger=str(path), health_interval=None)
     try:  # the frames take the status: not an error, but its cost counts
-        frame = usage.usage()
+        frame = usage.usage(scope="all")  # another client: another session
         assert frame["status"].tolist() == ["cancelled"]
         assert bool(frame["usage_estimated"].iloc[0]) and frame["cost_usd"].iloc[0] > 0
-        summary = usage.cost_summary()
+        summary = usage.cost_summary(scope="all")
         assert summary["requests"].sum() == 1 and summary["errors"].sum() == 0
         assert summary["cost_usd"].sum() == pytest.approx(row["cost_usd"])
-        assert usage.latency()["errors"].sum() == 0
+        assert usage.latency(scope="all")["errors"].sum() == 0
     finally:
         usage.close()
 
