@@ -93,6 +93,8 @@ class Request:
     provider: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     id: str = field(default_factory=new_request_id)
+    #: Wait for an open breaker's probe or a server pause (within the timeout) instead of failing (``map``).
+    wait_for_breaker: bool = False
 
 
 @dataclass(slots=True)

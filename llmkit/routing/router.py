@@ -29,6 +29,7 @@ from .._errors import (
     NoProviderError,
     ProviderError,
     ProviderTimeoutError,
+    QuotaExceededError,
     RateLimitError,
     is_fallback_error,
 )
@@ -148,7 +149,48 @@ class Router:
         async def call(provider: Provider, req: Request) -> Response:
             return await provider.complete(req)
 
+        if request.wait_for_breaker:
+            return await self._waiting_out_outages(request, attempts, deadline, call, before)
         return await self._with_fallback(request, attempts, deadline, call, before)
+
+    async def _waiting_out_outages(self, request: Request, attempts: list[Attempt], deadline: float,
+                                   call: Callable[[Provider, Request], Awaitable[T]],
+                                   before: BeforeCandidate | None = None) -> T:
+        """``wait_for_breaker``: when every candidate failed only because of an outage (breaker open, a
+        server pause, rate limited), wait until the earliest one may be tried again (the breaker's probe,
+        the pause's end) and go again, within the request's deadline; any other failure is raised."""
+        polls = 0
+        while True:
+            try:
+                return await self._with_fallback(request, attempts, deadline, call, before)
+            except LLMError as exc:
+                wait = self._outage_wait(request, exc)
+                if wait is None:
+                    raise
+                if wait <= 0:  # a probe is in flight (half-open), or limited with no pause: poll, backing off
+                    wait = min(OUTAGE_POLL_S * 2 ** min(polls, 5), OUTAGE_POLL_MAX_S)
+                    polls += 1
+                else:
+                    polls = 0
+                if self.clock() + wait >= deadline:
+                    raise
+                self.events.emit("outage_wait", None, request.id, model=request.model, waited_s=wait,
+                                 error=type(exc).__name__)
+                await self.sleep(wait)
+
+    def _outage_wait(self, request: Request, exc: LLMError) -> float | None:
+        """Seconds until a candidate may be tried again when ``exc`` is only an outage, else None."""
+        errors = exc.errors if isinstance(exc, AllProvidersFailedError) else [exc]
+        for err in errors:
+            if isinstance(err, CircuitOpenError) or (isinstance(err, RateLimitError)
+                                                     and not isinstance(err, QuotaExceededError)):
+                continue
+            slot = self.by_name.get(getattr(err, "provider", None) or "")
+            if slot is None or slot.breaker.retry_in() is None:  # a failure while the breaker stays closed
+                return None
+        waits = [max(s.breaker.retry_in() or 0.0, s.throttle.paused_for())
+                 for s, _ in self.candidates(request.model, request.provider)]
+        return min(waits)
 
     async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float,
                           before: BeforeCandidate | None = None
@@ -335,6 +377,10 @@ class _Cancelled(Exception):
 
 _Cancelled.__name__ = "Cancelled"
 
+
+#: How often a request waiting out an outage looks again while a probe is in flight (doubling up to the max).
+OUTAGE_POLL_S = 0.25
+OUTAGE_POLL_MAX_S = 8.0
 
 #: Output tokens assumed for a request without ``max_tokens`` (rate limits and budgets estimate with it).
 DEFAULT_OUTPUT_ESTIMATE = 256
