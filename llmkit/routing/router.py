@@ -158,25 +158,27 @@ class Router:
                                    before: BeforeCandidate | None = None) -> T:
         """``wait_for_breaker``: when every candidate failed only because of an outage (breaker open, a
         server pause, rate limited), wait until the earliest one may be tried again (the breaker's probe,
-        the pause's end) and go again, within the request's deadline; any other failure is raised."""
+        the pause's end) and go again, within the request's deadline; any other failure is raised.
+
+        A timed wait (a breaker's ``reset_timeout``, a pause) uses the injected ``sleep``; while another
+        request's half-open probe is in flight the wait is for that event, so it polls on the loop's own
+        clock (0.05 s, doubling up to 1 s)."""
         polls = 0
         while True:
             try:
                 return await self._with_fallback(request, attempts, deadline, call, before)
             except LLMError as exc:
                 wait = self._outage_wait(request, exc)
-                if wait is None:
-                    raise
-                if wait <= 0:  # a probe is in flight (half-open), or limited with no pause: poll, backing off
-                    wait = min(OUTAGE_POLL_S * 2 ** min(polls, 5), OUTAGE_POLL_MAX_S)
-                    polls += 1
-                else:
-                    polls = 0
-                if self.clock() + wait >= deadline:
+                if wait is None or self.clock() + wait >= deadline:
                     raise
                 self.events.emit("outage_wait", None, request.id, model=request.model, waited_s=wait,
                                  error=type(exc).__name__)
-                await self.sleep(wait)
+                if wait > 0:
+                    polls = 0
+                    await self.sleep(wait)
+                else:  # a probe is in flight, or rate limited with no pause announced: look again soon
+                    await asyncio.sleep(min(OUTAGE_POLL_S * 2 ** min(polls, 5), OUTAGE_POLL_MAX_S))
+                    polls += 1
 
     def _outage_wait(self, request: Request, exc: LLMError) -> float | None:
         """Seconds until a candidate may be tried again when ``exc`` is only an outage, else None."""
@@ -379,8 +381,8 @@ _Cancelled.__name__ = "Cancelled"
 
 
 #: How often a request waiting out an outage looks again while a probe is in flight (doubling up to the max).
-OUTAGE_POLL_S = 0.25
-OUTAGE_POLL_MAX_S = 8.0
+OUTAGE_POLL_S = 0.05
+OUTAGE_POLL_MAX_S = 1.0
 
 #: Output tokens assumed for a request without ``max_tokens`` (rate limits and budgets estimate with it).
 DEFAULT_OUTPUT_ESTIMATE = 256
