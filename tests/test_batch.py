@@ -22,10 +22,10 @@ import pytest
 import llmkit
 from llmkit import Request, Response
 from llmkit._loop import VirtualTimeLoop
+from llmkit._types import Usage
 from llmkit.batch import COLUMNS, BatchInterrupted, parsed_columns
 from llmkit.providers.base import Provider, prompt_tokens
 from llmkit.testing import FakeOpenAIServer
-from llmkit._types import Usage
 
 from .conftest import FakeTime
 
