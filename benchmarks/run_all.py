@@ -10,6 +10,7 @@ The commands it runs (each also works on its own; ``--help`` lists their options
     python benchmarks/bench_throughput.py   # req/s at 1, 10, 50 callers vs raw httpx and LiteLLM's Router
     python benchmarks/bench_pipeline.py     # req/s through the whole pipeline on the mock adapter
     python benchmarks/bench_import.py       # import llmkit vs httpx vs litellm
+    python benchmarks/bench_batch.py        # client.map: 1,000 rows at 100 ms, rate-limited pace, 100k mock rows
     bash benchmarks/setup_litellm.sh        # once: LiteLLM in benchmarks/.venv-litellm (optional)
 """
 
@@ -30,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import HERE, machine, met_text
 
-BENCHMARKS = ("overhead", "throughput", "pipeline", "import")
+BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "batch")
 README = HERE / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 
