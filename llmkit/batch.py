@@ -93,7 +93,7 @@ _NAME_LIKE = re.compile(r"^[\w][\w .\-]*$")  # what a column reference looks lik
 class _Template:
     """``prompt`` split into literal text and fields: ``{}`` (the value) or ``{col}`` (a column)."""
 
-    __slots__ = ("fields", "parts")
+    __slots__ = ("fields", "format", "parts")
 
     def __init__(self, prompt: str, names: Mapping[str, Any], value_names: frozenset[str]) -> None:
         parts: list[str | tuple[Any, ...]] = []  # text, or ("value",) / ("col", key)
@@ -122,22 +122,32 @@ class _Template:
         parts.append(prompt[last:])
         self.parts = [p for p in parts if p != ""]
         self.fields = fields
+        # the same as a str.format pattern (one C call a row): literal braces doubled, fields positional
+        self.format = "".join(p.replace("{", "{{").replace("}", "}}") if isinstance(p, str) else f"{{{k}}}"
+                              for k, p in _numbered(self.parts))
 
-    def render(self, value: Callable[[Any], Any]) -> str:
-        """The prompt with each field filled by ``value(None)`` (the row's value) or ``value(column)``."""
-        out = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-                continue
-            column = part[1] if part[0] == "col" else None
-            cell = value(column)
-            if not isinstance(cell, str):
+    def render(self, value: Any, columns: Mapping[Any, list[Any]], i: int) -> str:
+        """The prompt for row ``i``: ``{}`` filled with ``value``, ``{col}`` with ``columns[col][i]``."""
+        cells = []
+        for column in self.fields:
+            cell = value if column is None else columns[column][i]
+            if type(cell) is not str:
                 if _is_missing(cell):
                     raise _Missing("the value" if column is None else f"column {str(column)!r}")
                 cell = str(cell)
-            out.append(cell)
-        return "".join(out)
+            cells.append(cell)
+        return self.format.format(*cells)
+
+
+def _numbered(parts: list[str | tuple[Any, ...]]) -> Iterator[tuple[int, str | tuple[Any, ...]]]:
+    """Each part with the position of its field among the fields (text parts get -1)."""
+    k = 0
+    for part in parts:
+        if isinstance(part, str):
+            yield -1, part
+        else:
+            yield k, part
+            k += 1
 
 
 class _Missing(Exception):
@@ -166,7 +176,7 @@ def _is_messages(value: Any) -> bool:
 
 def _jsonable(value: Any) -> Any:
     """An index label or cell as JSON for the ledger's metadata (tuples of a MultiIndex as lists)."""
-    if value is None or isinstance(value, (str, bool, int)):
+    if type(value) in (str, int) or value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
@@ -229,12 +239,14 @@ def plan(inputs: Any, *, prompt: str | None = None, system: str | None = None,
     frame = isinstance(inputs, pd.DataFrame)
     labels = index.tolist()
     for i, value in enumerate(values):
-        label = _jsonable(labels[i])
-        metas.append({"batch": batch_id, "row": label})
+        label = labels[i]
+        metas.append({"batch": batch_id, "row": label if type(label) in (str, int) else _jsonable(label)})
         try:
             if frame:
                 assert template is not None
-                text = template.render(functools.partial(_cell, columns, i))
+                messages.append([*head, {"role": "user", "content": template.render(None, columns, i)}])
+            elif type(value) is str:
+                text = template.render(value, columns, i) if template is not None else value
                 messages.append([*head, {"role": "user", "content": text}])
             elif _is_messages(value):
                 if template is not None:
@@ -244,7 +256,7 @@ def plan(inputs: Any, *, prompt: str | None = None, system: str | None = None,
             elif _is_missing(value):
                 raise _Missing("the value")
             else:
-                text = template.render(functools.partial(_same, value)) if template is not None else str(value)
+                text = template.render(value, columns, i) if template is not None else str(value)
                 messages.append([*head, {"role": "user", "content": text}])
             if meta_of is not None:
                 metas[-1] = {**metas[-1], **meta_of(i, row_of)}
@@ -252,14 +264,6 @@ def plan(inputs: Any, *, prompt: str | None = None, system: str | None = None,
             messages.append(None)
             invalid[i] = f"row {labels[i]!r}: {exc}"
     return Plan(index, messages, metas, invalid)
-
-
-def _same(value: Any, _column: Any) -> Any:
-    return value
-
-
-def _cell(columns: dict[Any, list[Any]], i: int, column: Any) -> Any:
-    return columns[column][i]
 
 
 def _frame_rows(df: pd.DataFrame) -> Callable[[int], dict[str, Any]]:
@@ -558,7 +562,6 @@ def _interrupted(batch: _Batch, response_model: Any) -> BatchInterrupted:
                f"and in the response cache with cache=True); {batch.plan.n - done} cancelled, nothing more sent. "
                "Run the same call again to send only the unfinished rows; this exception's .partial holds "
                "the result so far.")
-    print(message, file=sys.stderr)
     return BatchInterrupted(message, partial)
 
 
