@@ -388,3 +388,13 @@ def test_response_model_without_structured_output_is_refused_before_sending(clie
     with pytest.raises(llmkit.InvalidRequestError, match="response_model"):
         client.map(["a"], model="m", response_model=dict, progress=False)
     assert len(client.usage()) == 0
+
+
+def test_import_llmkit_loads_neither_the_batch_modules_nor_tqdm() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, llmkit; print([m for m in ('tqdm', 'tiktoken', 'llmkit.batch', 'llmkit.estimate') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
