@@ -503,7 +503,9 @@ class _Bar:
             return
         p = self.progress
         done = p.done
-        bar.set_postfix_str(f"failed={p.failed} cached={p.cached} ${p.cost_usd:.4f}", refresh=False)
+        cost = p.cost_usd
+        spent = f"${cost:,.4f}" if cost >= 0.01 or cost == 0 else f"${cost:.6f}"  # LLM calls cost fractions of a cent
+        bar.set_postfix_str(f"failed={p.failed} cached={p.cached} {spent}", refresh=False)
         if done > self.shown:
             bar.update(done - self.shown)
             self.shown = done

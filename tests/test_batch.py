@@ -316,7 +316,8 @@ def test_progress_bar_shows_done_failed_and_dollars(client: llmkit.Client, capsy
     buffer = io.StringIO()
     client.map(["a", "bad", "c"], model="gpt-4o-mini", progress={"file": buffer, "desc": "reviews"})
     text = buffer.getvalue()
-    assert "reviews" in text and "3/3" in text and "failed=1" in text and "$0.0000" in text
+    spent = client.usage()["cost_usd"].sum()
+    assert "reviews" in text and "3/3" in text and "failed=1" in text and f"${spent:.6f}" in text
     client.map(["a", "b"], model="gpt-4o-mini", progress=False)
     assert capsys.readouterr().err == ""
     client.map(["a", "b"], model="gpt-4o-mini")  # default: a bar on stderr
@@ -398,3 +399,21 @@ def test_import_llmkit_loads_neither_the_batch_modules_nor_tqdm() -> None:
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_empty_inputs_give_an_empty_frame(client: llmkit.Client) -> None:
+    out = client.map([], model="m", progress=False)
+    assert list(out.columns) == list(COLUMNS) and len(out) == 0
+    empty = client.map(pd.Series([], dtype="string", index=pd.Index([], name="id")), model="m", progress=False)
+    assert empty.index.name == "id" and len(client.usage()) == 0
+
+
+async def test_amap_keeps_errors_in_place_and_can_raise() -> None:
+    client = echo_client()
+    try:
+        out = await client.amap(pd.Series(["a", "bad"], index=[5, 6]), model="m", prompt="{}?", progress=False)
+        assert out["status"].tolist() == ["ok", "error"] and out.loc[5, "content"] == "a?!"
+        with pytest.raises(llmkit.BadRequestError):
+            await client.amap(["bad", "b"], model="m", on_error="raise", max_concurrency=1, progress=False)
+    finally:
+        await client.aclose()

@@ -175,7 +175,10 @@ class Router:
                                  error=type(exc).__name__)
                 if wait > 0:
                     polls = 0
-                    await self.sleep(wait)
+                    # at least a millisecond, so a float-rounding remainder cannot spin at one instant, and a
+                    # turn of the loop even under an injected sleep that never yields (a fake clock)
+                    await self.sleep(max(wait, 1e-3))
+                    await asyncio.sleep(0)
                 else:  # a probe is in flight, or rate limited with no pause announced: look again soon
                     await asyncio.sleep(min(OUTAGE_POLL_S * 2 ** min(polls, 5), OUTAGE_POLL_MAX_S))
                     polls += 1
