@@ -14,6 +14,7 @@ The commands it runs (each also works on its own; ``--help`` lists their options
     python benchmarks/bench_embed.py        # client.embed of a column vs a hand-written httpx batch loop
     python benchmarks/bench_shared.py       # shared limits+breaker on Redis: overhead, one limit over 4 processes
     python benchmarks/bench_ledger.py       # a 1M-record ledger file next to an empty one (issue 12)
+    python benchmarks/bench_batch.py        # client.map: 1,000 rows at 100 ms, rate-limited pace, 100k mock rows
     bash benchmarks/setup_litellm.sh        # once: LiteLLM in benchmarks/.venv-litellm (optional)
 """
 
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import HERE, machine, met_text
 
-BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "ledger", "cache", "embed", "shared")
+BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "ledger", "cache", "batch", "embed", "shared")
 README = HERE / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 

@@ -283,6 +283,40 @@ class Client:
 
             return PersistentEmbeddingCache(self._service.cache)
         return None if cache is None or cache is False else cache
+    # -- batches -------------------------------------------------------------------------------
+
+    def map(self, inputs: Any, *, model: str, prompt: str | None = None, system: str | None = None,
+            response_model: Any = None, max_concurrency: int | None = None, on_error: str = "record",
+            progress: Any = True, cache: Any = True, **call_kwargs: Any) -> pd.DataFrame:
+        """One request per row of a Series, DataFrame or list; a DataFrame of answers with the input's
+        index. Errors stay in their rows; Ctrl-C keeps what finished. See ``llmkit.batch``."""
+        from .batch import map_rows
+
+        self._check_open()
+        return map_rows(self, self._loop, inputs, model=model, prompt=prompt, system=system,
+                        response_model=response_model, max_concurrency=max_concurrency, on_error=on_error,
+                        progress=progress, cache=cache, **call_kwargs)
+
+    async def amap(self, inputs: Any, *, model: str, prompt: str | None = None, system: str | None = None,
+                   response_model: Any = None, max_concurrency: int | None = None, on_error: str = "record",
+                   progress: Any = True, cache: Any = True, **call_kwargs: Any) -> pd.DataFrame:
+        """``map`` for async code; cancelling it cancels the rows in flight."""
+        from .batch import amap
+
+        self._check_open()
+        return await amap(self, self._loop, inputs, model=model, prompt=prompt, system=system,
+                          response_model=response_model, max_concurrency=max_concurrency, on_error=on_error,
+                          progress=progress, cache=cache, **call_kwargs)
+
+    def estimate(self, inputs: Any, *, model: str, prompt: str | None = None, system: str | None = None,
+                 cache: Any = True, budget_usd: float | None = None, **call_kwargs: Any) -> Any:
+        """What ``map`` with the same arguments would send and cost, without sending anything: a mapping
+        with requests, cached, input_tokens, max_output_tokens, cost_usd_low, cost_usd_high."""
+        from .estimate import estimate
+
+        self._check_open()
+        return estimate(self, inputs, model=model, prompt=prompt, system=system, cache=cache,
+                        budget_usd=budget_usd, **call_kwargs)
 
     # -- observability -------------------------------------------------------------------------
 

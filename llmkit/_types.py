@@ -109,6 +109,8 @@ class Request:
     response_model: Any = field(default=None, repr=False, compare=False)
     max_validation_retries: int | None = field(default=None, repr=False, compare=False)
     cache: bool | str | None = None  # the call's cache=True | False | "refresh"; None: the client's default
+    #: Wait for an open breaker's probe or a server pause (within the timeout) instead of failing (``map``).
+    wait_for_breaker: bool = False
 
 
 @dataclass(slots=True)

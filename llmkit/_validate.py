@@ -42,6 +42,9 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     if provider is not None and (not isinstance(provider, str) or not provider):
         raise InvalidRequestError(f"provider: expected a provider name, got {provider!r}")
     extra = dict(extra or {})
+    wait_for_breaker = extra.pop("wait_for_breaker", False)
+    if not isinstance(wait_for_breaker, bool):
+        raise InvalidRequestError(f"wait_for_breaker: expected True or False, got {wait_for_breaker!r}")
     if "stream" in extra:
         raise InvalidRequestError("stream: not an argument here; use client.stream(...) or client.astream(...)")
     clash = set(extra) & ({"stream", "stream_options", "messages", "model"} | _KNOWN)
@@ -55,7 +58,8 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     return Request(model=model, messages=checked, temperature=None if temperature is None else float(temperature),
                    max_tokens=max_tokens, timeout=None if timeout is None else float(timeout), priority=priority,
                    metadata=dict(metadata), stream=stream, provider=provider, extra=extra,
-                   response_model=response_model, max_validation_retries=max_validation_retries)
+                   response_model=response_model, max_validation_retries=max_validation_retries,
+                   wait_for_breaker=wait_for_breaker)
 
 
 def _messages(messages: Any) -> tuple[dict[str, Any], ...]:

@@ -24,7 +24,7 @@ from panel.io.notebook import push_notebook
 
 from .plots import BreakerTimeline, CostPlot, LatencyPlot, QueuePlot, TrafficPlot
 from .store import DashboardStore
-from .views import CARD_CSS, CostTable, KPIs, ProviderCards, RecentRequests
+from .views import CARD_CSS, CostTable, KPIs, ProviderCards, RecentRequests, RunningBatches
 
 if TYPE_CHECKING:
     from llmkit import Client
@@ -67,6 +67,7 @@ class Dashboard(pn.Column):
             "kpis": KPIs(store), "providers": ProviderCards(store), "cost": CostPlot(store, x),
             "latency": LatencyPlot(store, x), "traffic": TrafficPlot(store, x), "queue": QueuePlot(store, x),
             "breakers": BreakerTimeline(store, x_range=x), "costs": CostTable(store), "recent": RecentRequests(store),
+            "batches": RunningBatches(store),
         }
         super().__init__(
             header,
@@ -77,6 +78,8 @@ class Dashboard(pn.Column):
             pn.Row(views["traffic"], views["queue"], **wide),
             pn.Row(views["breakers"], pn.Column(_section("Cost by provider and model"), views["costs"], width=560),
                    **wide),
+            _section("Running batches (client.map)"),
+            views["batches"],
             _section("Recent requests"),
             views["recent"],
             sizing_mode="stretch_width", styles={"background": "#f6f7f9"}, margin=0,

@@ -127,6 +127,7 @@ class DashboardStore(param.Parameterized):
     budget = param.Dict(default=None, allow_None=True, doc="client.budget_status(), or None without a budget.")
     breaker_states = param.Dict(default={}, doc="provider -> 'closed' | 'open' | 'half_open', now.")
     health = param.List(default=[], doc="One dict per provider: HealthMonitor.rows().")
+    batches = param.List(default=[], doc="Batches (client.map) running now: client.monitor.batches().")
     refresh_ms = param.Number(default=0.0, doc="How long the last refresh took.")
 
     def __init__(self, client: Client, *, bucket_s: float = 2.0, max_points: int = 1800, max_recent: int = 200,
@@ -190,6 +191,7 @@ class DashboardStore(param.Parameterized):
         self.samples.append({"time": now, "queue_depth": depth, "in_flight": in_flight})
         self.param.update(**totals, **counters, queue_depth=depth, in_flight=in_flight,
                           budget=self.client.budget_status(), breaker_states=dict(self._state), health=health,
+                          batches=monitor.batches(),
                           refresh_ms=(time.perf_counter() - started) * 1000.0)
         self.version += 1
 

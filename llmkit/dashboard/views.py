@@ -192,6 +192,30 @@ class CostTable(_HTMLView):
         return f'<table class="llmkit-costs">{head}{rows}</table>'
 
 
+def _eta(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds:,.0f} s"
+
+
+class RunningBatches(_HTMLView):
+    """The batches (``client.map``) running now: done of total, failed, spend and time left."""
+
+    def render(self) -> str:
+        batches = self.store.batches
+        if not batches:
+            return '<div class="llmkit-batches" data-running="0">no batch running</div>'
+        head = ("<tr><th>batch</th><th class=num>done</th><th class=num>failed</th><th class=num>cached</th>"
+                "<th class=num>spend</th><th class=num>rows/s</th><th class=num>ETA</th></tr>")
+        rows = "".join(
+            f'<tr data-batch="{escape(b["batch_id"])}"><td>{escape(b["batch_id"])}</td>'
+            f'<td class=num>{b["done"]:,} / {b["total"]:,}</td><td class=num>{b["failed"]:,}</td>'
+            f'<td class=num>{b["cached"]:,}</td><td class=num>{usd(b["cost_usd"])}</td>'
+            f'<td class=num>{b["rate"]:,.1f}</td>'
+            f'<td class=num>{_eta(b["eta_s"])}</td></tr>'
+            for b in batches)
+        return (f'<div class="llmkit-batches" data-running="{len(batches)}">'
+                f'<table class="llmkit-costs">{head}{rows}</table></div>')
+
+
 class RecentRequests(Viewer):
     """The newest requests in a Tabulator, newest first; new rows are streamed in."""
 

@@ -29,6 +29,7 @@ from .._errors import (
     NoProviderError,
     ProviderError,
     ProviderTimeoutError,
+    QuotaExceededError,
     RateLimitError,
     is_fallback_error,
 )
@@ -148,6 +149,8 @@ class Router:
         async def call(provider: Provider, req: Request) -> Response:
             return await provider.complete(req)
 
+        if request.wait_for_breaker:
+            return await self._waiting_out_outages(request, attempts, deadline, call, before)
         return await self._with_fallback(request, attempts, deadline, call, before)
 
     async def route_call(self, request: Request, attempts: list[Attempt], deadline: float,
@@ -156,6 +159,50 @@ class Router:
         """Route a call other than a completion (an embedding) through the same chain: ``candidates``
         (default: every provider serving the model, then its fallbacks), limits, breakers, retries."""
         return await self._with_fallback(request, attempts, deadline, call, before, candidates)
+
+    async def _waiting_out_outages(self, request: Request, attempts: list[Attempt], deadline: float,
+                                   call: Callable[[Provider, Request], Awaitable[T]],
+                                   before: BeforeCandidate | None = None) -> T:
+        """``wait_for_breaker``: when every candidate failed only because of an outage (breaker open, a
+        server pause, rate limited), wait until the earliest one may be tried again (the breaker's probe,
+        the pause's end) and go again, within the request's deadline; any other failure is raised.
+
+        A timed wait (a breaker's ``reset_timeout``, a pause) uses the injected ``sleep``; while another
+        request's half-open probe is in flight the wait is for that event, so it polls on the loop's own
+        clock (0.05 s, doubling up to 1 s)."""
+        polls = 0
+        while True:
+            try:
+                return await self._with_fallback(request, attempts, deadline, call, before)
+            except LLMError as exc:
+                wait = self._outage_wait(request, exc)
+                if wait is None or self.clock() + wait >= deadline:
+                    raise
+                self.events.emit("outage_wait", None, request.id, model=request.model, waited_s=wait,
+                                 error=type(exc).__name__)
+                if wait > 0:
+                    polls = 0
+                    # at least a millisecond, so a float-rounding remainder cannot spin at one instant, and a
+                    # turn of the loop even under an injected sleep that never yields (a fake clock)
+                    await self.sleep(max(wait, 1e-3))
+                    await asyncio.sleep(0)
+                else:  # a probe is in flight, or rate limited with no pause announced: look again soon
+                    await asyncio.sleep(min(OUTAGE_POLL_S * 2 ** min(polls, 5), OUTAGE_POLL_MAX_S))
+                    polls += 1
+
+    def _outage_wait(self, request: Request, exc: LLMError) -> float | None:
+        """Seconds until a candidate may be tried again when ``exc`` is only an outage, else None."""
+        errors = exc.errors if isinstance(exc, AllProvidersFailedError) else [exc]
+        for err in errors:
+            if isinstance(err, CircuitOpenError) or (isinstance(err, RateLimitError)
+                                                     and not isinstance(err, QuotaExceededError)):
+                continue
+            slot = self.by_name.get(getattr(err, "provider", None) or "")
+            if slot is None or slot.breaker.retry_in() is None:  # a failure while the breaker stays closed
+                return None
+        waits = [max(s.breaker.retry_in() or 0.0, s.throttle.paused_for())
+                 for s, _ in self.candidates(request.model, request.provider)]
+        return min(waits)
 
     async def open_stream(self, request: Request, attempts: list[Attempt], deadline: float,
                           before: BeforeCandidate | None = None
@@ -346,6 +393,10 @@ class _Cancelled(Exception):
 
 _Cancelled.__name__ = "Cancelled"
 
+
+#: How often a request waiting out an outage looks again while a probe is in flight (doubling up to the max).
+OUTAGE_POLL_S = 0.05
+OUTAGE_POLL_MAX_S = 1.0
 
 #: Output tokens assumed for a request without ``max_tokens`` (rate limits and budgets estimate with it).
 DEFAULT_OUTPUT_ESTIMATE = 256
