@@ -45,10 +45,11 @@ def latency_bound(url: str, rows: int) -> dict[str, Any]:
                 "pricing": PRICES}
     out: dict[str, Any] = {"rows": rows}
     with llmkit.Client([provider], ledger=None, health_interval=None) as client:
-        client.map(["warm up"], model=MODEL, progress=False)
+        client.map(["warm up"], model=MODEL, progress=False, cache=False)
         for run in ("cold", "warm"):
             t0, c0 = time.perf_counter(), time.process_time()
-            frame = client.map([f"Classify review number {i}" for i in range(rows)], model=MODEL, progress=False)
+            frame = client.map([f"Classify review number {i}" for i in range(rows)], model=MODEL, progress=False,
+                               cache=False)
             out[run] = time.perf_counter() - t0
             out[f"{run}_cpu"] = time.process_time() - c0  # this process only (the server runs in its own)
             out[f"{run}_ok"] = int((frame["status"] == "ok").sum())
@@ -71,7 +72,8 @@ def paced(rows: int) -> dict[str, Any]:
                     "models": ["*"], "pricing": PRICES, "rate_limit": "50/second"}
         with llmkit.Client([provider], ledger=None, health_interval=None) as client:
             t0 = time.perf_counter()
-            frame = client.map([f"Classify review number {i}" for i in range(rows)], model=MODEL, progress=False)
+            frame = client.map([f"Classify review number {i}" for i in range(rows)], model=MODEL, progress=False,
+                               cache=False)
             elapsed = time.perf_counter() - t0
     arrivals.sort()
     most, j = 0, 0
@@ -110,10 +112,10 @@ def mock_rows(rows: int, progress: Any) -> dict[str, Any]:
     series = pd.Series([f"review {i}: the food was fine" for i in range(rows)], name="review")
     with llmkit.Client([{"name": "mock", "adapter": "mock", "pricing": PRICES}], ledger=None,
                        health_interval=None) as client:
-        client.map(series.iloc[:500], model=MODEL, prompt="Classify: {}", progress=False)  # warm up
+        client.map(series.iloc[:500], model=MODEL, prompt="Classify: {}", progress=False, cache=False)  # warm up
         rss0 = rss_mb()
         t0, c0 = time.perf_counter(), time.process_time()
-        out = client.map(series, model=MODEL, prompt="Classify: {}", progress=progress)
+        out = client.map(series, model=MODEL, prompt="Classify: {}", progress=progress, cache=False)
         elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss1 = rss_mb()
         ok = int((out["status"] == "ok").sum())
