@@ -36,6 +36,7 @@ from ._errors import (
     RequestTimeoutError,
     ResultLimitError,
     ServerError,
+    UnsupportedArgumentError,
 )
 from ._types import Attempt, EmbeddingResponse, Request, Response, StreamChunk, ToolCall, Usage
 
@@ -86,6 +87,7 @@ __all__ = [
     "ServerError",
     "StreamChunk",
     "ToolCall",
+    "UnsupportedArgumentError",
     "Usage",
     "__version__",
     "enable_nested_asyncio",

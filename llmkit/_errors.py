@@ -10,7 +10,8 @@
     │   │   └── PermissionDeniedError        403
     │   ├── BadRequestError                  400/422: malformed anywhere, fail fast
     │   │   ├── ContextWindowExceededError   prompt too long for this model: try another
-    │   │   └── ContentFilterError           blocked by the provider's safety/content filter: try another
+    │   │   ├── ContentFilterError           blocked by the provider's safety/content filter: try another
+    │   │   └── UnsupportedArgumentError     an argument this adapter can't send (also InvalidRequestError)
     │   ├── NotFoundError                    404 (model not found here)
     │   ├── ServerError                      5xx (retryable)
     │   │   └── OverloadedError              529 / overloaded_error (retryable)
@@ -121,6 +122,11 @@ class ContentFilterError(BadRequestError):
     ``content_filter``, Gemini's ``SAFETY``/``blockReason``). Another provider may answer."""
 
 
+class UnsupportedArgumentError(BadRequestError, InvalidRequestError):
+    """This provider's adapter cannot send one of the call's arguments (e.g. an OpenAI-only extra given to
+    Gemini). Raised before anything is sent to it; the next candidate is tried and the breaker is untouched."""
+
+
 class NotFoundError(ProviderError):
     pass
 
@@ -209,6 +215,7 @@ FALLBACK_ERRORS: tuple[type[BaseException], ...] = (
     AuthenticationError,
     ContextWindowExceededError,
     ContentFilterError,
+    UnsupportedArgumentError,
     NotFoundError,
     ServerError,
     ProviderTimeoutError,

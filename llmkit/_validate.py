@@ -8,7 +8,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from . import structured
+from . import _conversation, structured
 from ._errors import InvalidRequestError
 from ._types import ROLES, Request, Usage
 
@@ -51,6 +51,7 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     if clash:
         raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
     response_model, max_validation_retries = structured.take_arguments(extra)
+    checked = _conversation.check(checked, extra)
     for key, value in extra.items():
         if isinstance(value, int) and not isinstance(value, bool) and not _is_int64(value):
             raise InvalidRequestError(f"{key}: expected a 64-bit integer, got {value!r}")

@@ -27,6 +27,7 @@ import httpx
 from .. import _errors as e
 from .. import structured
 from .._config import ProviderConfig
+from .._conversation import arguments
 from .._errors import ConfigError, ProviderError
 from .._secrets import logger
 from .._types import Request, Response, StreamChunk, ToolCall, Usage
@@ -111,10 +112,7 @@ def _message(m: dict[str, Any]) -> dict[str, Any]:
         blocks = _text_blocks(m.get("content"))
         for call in m["tool_calls"]:
             fn = call.get("function") or {}
-            try:
-                args = json.loads(fn.get("arguments") or "{}")
-            except ValueError:
-                args = {}
+            args = arguments(fn.get("arguments"))  # checked before sending (llmkit._conversation)
             blocks.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": args})
         return {"role": "assistant", "content": blocks}
     return {"role": role, "content": m.get("content") if m.get("content") is not None else ""}

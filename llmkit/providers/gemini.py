@@ -10,7 +10,9 @@ Wire in: ``system``/``developer`` messages -> ``systemInstruction``; ``assistant
 penalties -> ``generationConfig``; ``response_format`` (OpenAI shape) -> ``responseMimeType`` /
 ``responseSchema``; ``tools``/``tool_choice`` (OpenAI shape) -> ``functionDeclarations`` /
 ``toolConfig``. Gemini-native keys (``safetySettings``, ``cachedContent``, ``toolConfig``,
-``generationConfig``, ``labels``) pass through. Anything else is refused before sending.
+``generationConfig``, ``labels``) pass through. OpenAI-only arguments that don't change the answer
+(``user``, ``parallel_tool_calls``, ``store``, ``service_tier``) are dropped with a debug log; anything else
+raises ``UnsupportedArgumentError`` before sending (the router falls back, the breaker is untouched).
 
 Wire out: ``usageMetadata`` normalised to ``Usage`` (input = ``promptTokenCount`` + tool-use prompt,
 cached content included; output = ``candidatesTokenCount`` + ``thoughtsTokenCount``); thought parts
@@ -30,8 +32,10 @@ from urllib.parse import quote
 import httpx
 
 from .. import _errors as e
-from .._errors import InvalidRequestError, ProviderError
-from .._types import EmbeddingResponse, Request, Response, StreamChunk, Usage
+from .._conversation import arguments
+from .._errors import ProviderError
+from .._secrets import logger
+from .._types import EmbeddingResponse, Request, Response, StreamChunk, ToolCall, Usage
 from ._http import ErrorContext, HTTPProvider, parse_duration, parse_rate_limit_headers
 from .base import content_text, embedding_input, estimate_embedding_usage, estimate_usage
 
@@ -53,6 +57,8 @@ _FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "MALFORMED_FUNCTION_CALL": "e
 _GENERATION = {"top_p": "topP", "top_k": "topK", "n": "candidateCount", "seed": "seed",
                "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty",
                "logprobs": "responseLogprobs", "top_logprobs": "logprobs"}
+#: OpenAI arguments with no Gemini meaning that do not change the answer: dropped (debug log), not refused.
+_OPENAI_ONLY = frozenset({"user", "parallel_tool_calls", "store", "service_tier"})
 _NATIVE = ("safetySettings", "cachedContent", "toolConfig", "labels")
 _CONTEXT = re.compile(r"input token count.*exceeds the maximum|exceeds the maximum number of tokens", re.I)
 
@@ -135,9 +141,12 @@ class GeminiProvider(HTTPProvider):
                 body[key] = extra.pop(key)
         extra.pop("stream", None)
         extra.pop("stream_options", None)
-        if extra:
-            raise InvalidRequestError(f"adapter 'gemini' (provider {self.name!r}) does not support the argument "
-                                      f"{sorted(extra)[0]!r}; pass Gemini fields in generationConfig=...")
+        for key in _OPENAI_ONLY.intersection(extra):
+            logger.debug("provider %r: %s dropped (an OpenAI argument with no Gemini meaning)", self.name, key)
+            del extra[key]
+        if extra:  # another provider may take it: fall back (no breaker), the error joins AllProvidersFailedError
+            raise e.UnsupportedArgumentError(f"adapter 'gemini' does not support the argument {sorted(extra)[0]!r}; "
+                                             "pass Gemini fields in generationConfig=...", provider=self.name)
         if config:
             body["generationConfig"] = config
         return body
@@ -166,9 +175,8 @@ class GeminiProvider(HTTPProvider):
                 for call in m.get("tool_calls") or ():
                     fn = call.get("function") or {}
                     names[str(call.get("id"))] = str(fn.get("name"))
-                    args = fn.get("arguments") or "{}"
-                    parts.append({"functionCall": {"name": fn.get("name"),
-                                                   "args": json.loads(args) if isinstance(args, str) else args}})
+                    parts.append({"functionCall": {"name": fn.get("name"),  # checked by llmkit._conversation
+                                                   "args": arguments(fn.get("arguments"))}})
             if contents and contents[-1]["role"] == wire_role:
                 contents[-1]["parts"].extend(parts)  # Gemini wants turns to alternate: merge neighbours
             else:
@@ -221,11 +229,15 @@ class GeminiProvider(HTTPProvider):
         return candidates[0] if isinstance(candidates[0], dict) else {}
 
     @staticmethod
-    def _parts(candidate: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-        """The text (thought parts left out) and function calls of a candidate."""
+    def _parts(candidate: dict[str, Any], seen: int = 0) -> tuple[str, list[ToolCall]]:
+        """The text (thought parts left out) and function calls of a candidate.
+
+        A call without Gemini's own ``id`` gets ``call_N``, N counting from ``seen`` (the calls already
+        taken from earlier chunks of the same stream), so ids stay unique across a stream.
+        """
         content = candidate.get("content") or {}
         texts: list[str] = []
-        calls: list[dict[str, Any]] = []
+        calls: list[ToolCall] = []
         for part in content.get("parts") or () if isinstance(content, dict) else ():
             if not isinstance(part, dict) or part.get("thought"):
                 continue
@@ -233,12 +245,12 @@ class GeminiProvider(HTTPProvider):
                 texts.append(part["text"])
             call = part.get("functionCall")
             if isinstance(call, dict):
-                calls.append({"id": call.get("id") or f"call_{len(calls)}", "type": "function",
-                              "function": {"name": call.get("name"), "arguments": json.dumps(call.get("args") or {})}})
+                calls.append(ToolCall.from_json(call.get("id") or f"call_{seen + len(calls)}", call.get("name"),
+                                                call.get("args") or {}))
         return "".join(texts), calls
 
     @staticmethod
-    def _finish(reason: Any, calls: list[dict[str, Any]]) -> str | None:
+    def _finish(reason: Any, calls: list[ToolCall]) -> str | None:
         if reason is None:
             return None
         if calls and reason == "STOP":
@@ -323,7 +335,7 @@ class GeminiProvider(HTTPProvider):
         body = self.build_body(request)
         state: dict[str, Any] = {}
         parts: list[str] = []
-        calls: list[dict[str, Any]] = []
+        calls: list[ToolCall] = []
         usage: Any = None
         finish: Any = None
         model: str | None = None
@@ -345,7 +357,7 @@ class GeminiProvider(HTTPProvider):
                 usage = chunk.get("usageMetadata") or usage
                 model = chunk.get("modelVersion") or model
                 candidate = self._candidate(chunk)
-                text, new_calls = self._parts(candidate)
+                text, new_calls = self._parts(candidate, len(calls))
                 calls += new_calls
                 finish = candidate.get("finishReason") or finish
                 self._blocked(chunk, state["response"], "".join(parts) + text)

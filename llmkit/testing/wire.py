@@ -77,13 +77,57 @@ def tool_calls(calls: list[dict[str, Any]] | None) -> list[tuple[str, str, str]]
     return out
 
 
+def last_gemini_text(body: Any) -> str:
+    """The text of the last ``user`` turn of a Gemini ``contents`` list."""
+    contents = body.get("contents") if isinstance(body, dict) else None
+    for turn in reversed(contents or []):
+        if isinstance(turn, dict) and turn.get("role", "user") == "user":
+            texts = [p["text"] for p in turn.get("parts") or ()
+                     if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            if texts:
+                return "".join(texts)
+    return ""
+
+
 def schema_answer(body: Any) -> str | None:
-    """A JSON answer valid for the request's json_schema ``response_format`` (OpenAI shape), or None."""
-    fmt = body.get("response_format") if isinstance(body, dict) else None
-    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+    """A JSON answer for a request that asks for JSON, or None.
+
+    OpenAI shape: ``response_format`` json_schema -> an instance valid for the schema, json_object -> a JSON
+    object. Gemini shape: ``generationConfig.responseMimeType`` ``application/json`` -> an instance of
+    ``responseJsonSchema`` (or of the OpenAPI-style ``responseSchema``), else a JSON object.
+    """
+    if not isinstance(body, dict):
         return None
-    schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
-    return json.dumps(instance(schema, random.Random(0)))
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict):
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+            return json.dumps(instance(schema, random.Random(0)))
+        if fmt.get("type") == "json_object":
+            return json.dumps({"echo": last_user_text(body)})
+        return None
+    config = body.get("generationConfig")
+    if not isinstance(config, dict) or config.get("responseMimeType") != "application/json":
+        return None
+    schema = config.get("responseJsonSchema") or _json_schema(config.get("responseSchema"))
+    if isinstance(schema, dict) and schema:
+        return json.dumps(instance(schema, random.Random(0)))
+    return json.dumps({"echo": last_gemini_text(body)})
+
+
+def _json_schema(node: Any) -> Any:
+    """Gemini's OpenAPI-style ``responseSchema`` (``"type": "OBJECT"``) as JSON Schema (lower-case types)."""
+    if isinstance(node, list):
+        return [_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _json_schema(v) for k, v in node.items()}
+    if isinstance(out.get("type"), str):
+        out["type"] = out["type"].lower()
+    if out.get("nullable") is True and isinstance(out.get("type"), str):
+        del out["nullable"]
+        out["type"] = [out["type"], "null"]
+    return out
 
 
 def forced_tool_call(body: Any) -> dict[str, Any] | None:

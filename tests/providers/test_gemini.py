@@ -11,7 +11,7 @@ from wire_helpers import collect, req
 
 import llmkit
 from llmkit.providers.gemini import gemini_usage
-from llmkit.testing import FakeGeminiServer
+from llmkit.testing import FakeGeminiServer, FakeOpenAIServer
 
 KEY = "AIza-test-gemini-0123456789"
 PATH = "/v1beta/models/gemini-2.5-flash:generateContent"
@@ -121,8 +121,89 @@ async def test_max_tokens_finish_and_tool_calls(server: FakeGeminiServer, make_p
     server.enqueue(tool_calls=[{"name": "weather", "arguments": {"city": "Oslo"}}])
     resp = await provider.complete(req(model="gemini-2.5-flash"))
     assert resp.finish_reason == "tool_calls"
-    assert resp.tool_calls[0]["function"]["name"] == "weather"
-    assert json.loads(resp.tool_calls[0]["function"]["arguments"]) == {"city": "Oslo"}
+    assert resp.tool_calls == [llmkit.ToolCall("call_0", "weather", {"city": "Oslo"})]
+    assert json.loads(resp.tool_calls[0].raw_arguments) == {"city": "Oslo"}
+
+
+def _sse(*chunks: dict[str, object]) -> bytes:
+    return b"".join(b"data: " + json.dumps(c).encode() + b"\r\n\r\n" for c in chunks)
+
+
+def _call_chunk(name: str, finish: str | None = None) -> dict[str, object]:
+    candidate: dict[str, object] = {"content": {"role": "model", "parts": [
+        {"functionCall": {"name": name, "args": {"city": name.upper()}}}]}, "index": 0}
+    if finish:
+        candidate["finishReason"] = finish
+    return {"candidates": [candidate], "modelVersion": "gemini-2.5-flash",
+            "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "totalTokenCount": 8}}
+
+
+async def test_streamed_function_calls_in_separate_chunks_get_unique_ids(
+        server: FakeGeminiServer, make_provider: MakeProvider) -> None:
+    server.enqueue_raw(_sse(_call_chunk("a"), _call_chunk("b"), _call_chunk("c", "STOP")),
+                       headers={"content-type": "text/event-stream"})
+    _, final = await collect(gemini(make_provider, server), req(model="gemini-2.5-flash"))
+    assert [(c.id, c.name, c.arguments) for c in final.tool_calls] == [
+        ("call_0", "a", {"city": "A"}), ("call_1", "b", {"city": "B"}), ("call_2", "c", {"city": "C"})]
+    assert all(isinstance(c, llmkit.ToolCall) for c in final.tool_calls)
+    assert final.finish_reason == "tool_calls"
+
+
+def _client(*servers: tuple[str, str, str]) -> llmkit.Client:
+    providers = [{"name": name, "adapter": adapter, "base_url": url, "api_key": KEY, "models": ["*"],
+                  "priority": i, "max_retries": 0, "breaker": {"fail_max": 1}}
+                 for i, (name, adapter, url) in enumerate(servers)]
+    return llmkit.Client(providers, ledger=None, health_interval=None)
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_through_the_client_are_tool_call_objects(server: FakeGeminiServer, stream: bool) -> None:
+    server.enqueue(tool_calls=[{"name": "get_weather", "arguments": '{"city": "Oslo"}'}])
+    with _client(("g", "gemini", server.url)) as client:
+        if stream:
+            chunks = list(client.stream(model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}],
+                                        tools=WEATHER))
+            resp = chunks[-1].response
+        else:
+            resp = client.completion(model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}],
+                                     tools=WEATHER)
+        assert resp is not None and resp.tool_calls == [llmkit.ToolCall("call_0", "get_weather", {"city": "Oslo"})]
+        # the answer replays as is: the call and its result go back to Gemini as functionCall/functionResponse
+        client.completion(model="gemini-2.5-flash", tools=WEATHER, messages=[
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": resp.tool_calls},
+            {"role": "tool", "tool_call_id": "call_0", "content": "12C"}])
+    contents = server.requests[-1].json["contents"]
+    assert contents[1]["parts"] == [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}]
+    assert contents[2]["parts"] == [{"functionResponse": {"name": "get_weather", "response": {"result": "12C"}}}]
+
+
+async def test_openai_only_arguments_are_dropped(server: FakeGeminiServer, make_provider: MakeProvider) -> None:
+    await gemini(make_provider, server).complete(req(model="gemini-2.5-flash", extra={
+        "user": "abc", "parallel_tool_calls": False, "store": True, "service_tier": "auto"}))
+    body = server.last_request.json
+    assert set(body) == {"contents"}
+
+
+def test_fallback_to_gemini_with_an_unsupported_argument_keeps_every_error(server: FakeGeminiServer) -> None:
+    with FakeOpenAIServer(api_key=KEY) as openai, \
+            _client(("o", "openai", openai.url), ("g", "gemini", server.url)) as client:
+        openai.enqueue_error(500)
+        with pytest.raises(llmkit.AllProvidersFailedError) as info:
+            client.completion(model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}],
+                              logit_bias={"50256": -100})
+        errors = info.value.errors
+        assert [type(x) for x in errors] == [llmkit.ServerError, llmkit.UnsupportedArgumentError]
+        assert "logit_bias" in str(errors[1])
+        assert server.requests == []
+        states = client.health().set_index("provider")["breaker_state"]
+        assert (states["o"], states["g"]) == ("open", "closed")  # fail_max 1: only the 500 counted
+        # user= (OpenAI only) is dropped for Gemini: the fallback answers
+        resp = client.completion(model="gemini-2.5-flash", messages=[{"role": "user", "content": "hi"}], user="abc")
+        assert resp.provider == "g" and "user" not in server.last_request.json
 
 
 @pytest.mark.parametrize(("status", "wire_status", "error", "retryable"), [

@@ -1,8 +1,9 @@
-"""Structured output and tools on the wire: OpenAI, Anthropic and an OpenAI-compatible server (loopback fakes).
+"""Structured output and tools on the wire: OpenAI, Anthropic, Gemini and OpenAI-compatible servers (loopback fakes).
 Each test checks the request body sent and the reply parsed, through the whole client (routing, ledger)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ from wire_helpers import ANTHROPIC_KEY, OPENAI_KEY
 
 import llmkit
 from llmkit import OutputValidationError, ToolCall
-from llmkit.testing import FakeAnthropicServer, FakeOpenAIServer
+from llmkit.testing import FakeAnthropicServer, FakeGeminiServer, FakeOpenAIServer
 
 WIRE = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "wire"
 PRICE = {"input": 1.0, "output": 2.0}  # USD per million tokens: costs are exact sums of tokens
@@ -42,7 +43,8 @@ GOOD = '{"label": "positive", "confidence": 0.9}'
 BAD = '{"label": "great", "confidence": 0.9}'
 
 
-def client_for(server: FakeOpenAIServer | FakeAnthropicServer, adapter: str, **entry: Any) -> llmkit.Client:
+def client_for(server: FakeOpenAIServer | FakeAnthropicServer | FakeGeminiServer, adapter: str,
+               **entry: Any) -> llmkit.Client:
     key = {"openai": OPENAI_KEY, "anthropic": ANTHROPIC_KEY}.get(adapter)
     client_options = entry.pop("client", {})
     provider = {"name": "p", "adapter": adapter, "base_url": server.url, "api_key": key, "max_retries": 0,
@@ -327,6 +329,54 @@ def test_anthropic_stream_assembles_recorded_input_json_deltas(anthropic: FakeAn
     assert final is not None and final.finish_reason == "tool_calls"
     assert final.tool_calls == [ToolCall("toolu_018acGYLtfR52q9yDbWaEdQZ", "get_weather",
                                          {"location": "San Francisco, CA", "units": "f"})]
+
+
+# ----------------------------------------------------------------------------------------------
+# Gemini
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_response_model_end_to_end(stream: bool) -> None:
+    with FakeGeminiServer() as server, client_for(server, "gemini", api_key="AIza-test") as client:
+        if stream:
+            chunks = client.stream("gemini-2.5-flash", MSG, response_model=Person)
+            list(chunks)
+            resp = chunks.response
+        else:
+            resp = client.completion("gemini-2.5-flash", MSG, response_model=Person)
+        [body] = [r.json for r in server.requests]
+    config = body["generationConfig"]
+    assert config["responseMimeType"] == "application/json"
+    assert config["responseJsonSchema"]["required"] == ["name", "home"]
+    assert resp is not None and isinstance(resp.parsed, Person)  # the fake answers with a valid instance
+    assert Person.model_validate_json(resp.content) == resp.parsed
+
+
+def test_gemini_validation_retry_then_parses() -> None:
+    with FakeGeminiServer() as server, client_for(server, "gemini", api_key="AIza-test") as client:
+        server.enqueue(BAD)
+        resp = client.completion("gemini-2.5-flash", MSG, response_model=Sentiment)
+        _, second = [r.json for r in server.requests]
+    assert isinstance(resp.parsed, Sentiment)
+    assert second["contents"][1] == {"role": "model", "parts": [{"text": BAD}]}  # the bad answer, then the errors
+    assert "label" in second["contents"][2]["parts"][0]["text"]
+
+
+def test_gemini_fake_answers_an_openapi_response_schema_and_plain_json() -> None:
+    schema = {"type": "OBJECT", "properties": {"sku": {"type": "STRING"}, "n": {"type": "INTEGER", "nullable": True}},
+              "required": ["sku", "n"]}
+    with FakeGeminiServer() as server, client_for(server, "gemini", api_key="AIza-test") as client:
+        native = client.completion("gemini-2.5-flash", MSG, generationConfig={
+            "responseMimeType": "application/json", "responseSchema": schema})
+        plain = client.completion("gemini-2.5-flash", MSG, response_format={"type": "json_object"})
+    value = json.loads(native.content)
+    assert isinstance(value["sku"], str) and (value["n"] is None or isinstance(value["n"], int))
+    assert json.loads(plain.content) == {"echo": MSG[0]["content"]}
+
+
+def test_openai_fake_answers_json_object_with_json(openai: FakeOpenAIServer) -> None:
+    with client_for(openai, "openai") as client:
+        resp = client.completion("gpt-4o", MSG, response_format={"type": "json_object"})
+    assert json.loads(resp.content) == {"echo": MSG[0]["content"]}
 
 
 # ----------------------------------------------------------------------------------------------
