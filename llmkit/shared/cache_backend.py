@@ -9,7 +9,8 @@ Redis that went away never fails a call. After a failure Redis is left alone for
 then misses at once), so a dead server costs one short timeout a second, not one per call.
 
 It speaks redis-py's synchronous client (the front's interface is synchronous, like SQLite's): one round
-trip per lookup or store, on the client's loop thread, bounded by ``timeout_s``. ``cache_max_bytes`` does
+trip per lookup or store, bounded by ``timeout_s``; ``lookup_many`` / ``store_many`` (embed's per-text cache,
+which calls them off the loop thread) pipeline up to 1,000 keys per round trip. ``cache_max_bytes`` does
 not apply here: bound the memory with Redis's own ``maxmemory`` policy.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from .._secrets import redact
 from .cache import CLEAR, GET, INFO, PUT
 
+_PIPELINE = 1000  # script calls per round trip in ``lookup_many`` / ``store_many``
 _HEADER = struct.Struct("!dd")  # created (the cache's clock), cost in USD (NaN: unpriced)
 
 DISCARD = """
@@ -89,6 +91,25 @@ class RedisCacheBackend:
         ms = 0 if ttl is None else max(1, round(ttl * 1000))
         self._run("put", PUT, [*self._meta, self._prefix + key], [key, pack(entry), ms])
 
+    def lookup_many(self, keys: list[str], now: float) -> list[Any]:
+        """``lookup`` for many keys in one pipeline per ``_PIPELINE`` keys (one round trip each)."""
+        results = self._pipeline("get", GET, [([*self._meta, self._prefix + key], []) for key in keys])
+        out: list[Any] = []
+        for result in results:
+            if not result or not int(result[0]):
+                out.append(None)
+            else:
+                payload, created, cost = unpack(result[1])
+                out.append(StoredEntry(payload, created, cost))
+        return out
+
+    def store_many(self, items: list[tuple[str, Any]], *, ttl: float | None = None,
+                   max_bytes: int | None = None) -> None:
+        """``store`` for many entries in one pipeline per ``_PIPELINE`` entries."""
+        ms = 0 if ttl is None else max(1, round(ttl * 1000))
+        self._pipeline("put", PUT, [([*self._meta, self._prefix + key], [key, pack(entry), ms])
+                                    for key, entry in items])
+
     def discard(self, key: str) -> None:
         self._run("discard", DISCARD, [*self._meta, self._prefix + key], [key])
 
@@ -110,17 +131,39 @@ class RedisCacheBackend:
     def _run(self, name: str, source: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         import redis
 
-        if self._clock() < self._down_until:
-            raise ConnectionError(f"Redis at {self.location} is unreachable (tried again within {self.retry_s:g}s)")
         try:
-            with self._lock:
-                if self._client is None:
-                    self._client = redis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
-                                                        socket_connect_timeout=self.timeout_s)
-                script = self._scripts.get(name)
-                if script is None:
-                    script = self._scripts[name] = self._client.register_script(source)
-            return script(keys=list(keys), args=list(args))
+            return self._script(name, source)(keys=list(keys), args=list(args))
         except redis.RedisError as exc:
             self._down_until = self._clock() + self.retry_s
             raise ConnectionError(f"Redis at {self.location}: {redact(str(exc))}") from None
+
+    def _pipeline(self, name: str, source: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per ``(keys, args)``, ``_PIPELINE`` calls per round trip; results in order."""
+        import redis
+
+        out: list[Any] = []
+        try:
+            script = self._script(name, source)
+            for i in range(0, len(calls), _PIPELINE):
+                pipe = self._client.pipeline(transaction=False)
+                for keys, args in calls[i:i + _PIPELINE]:
+                    script(keys=list(keys), args=list(args), client=pipe)
+                out.extend(pipe.execute())
+        except redis.RedisError as exc:
+            self._down_until = self._clock() + self.retry_s
+            raise ConnectionError(f"Redis at {self.location}: {redact(str(exc))}") from None
+        return out
+
+    def _script(self, name: str, source: str) -> Any:
+        import redis
+
+        if self._clock() < self._down_until:
+            raise ConnectionError(f"Redis at {self.location} is unreachable (tried again within {self.retry_s:g}s)")
+        with self._lock:
+            if self._client is None:
+                self._client = redis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
+                                                    socket_connect_timeout=self.timeout_s)
+            script = self._scripts.get(name)
+            if script is None:
+                script = self._scripts[name] = self._client.register_script(source)
+        return script
