@@ -14,7 +14,7 @@ import pytest
 
 import llmkit
 from llmkit.cache import Entry, MemoryCache, SQLiteCache
-from llmkit.embeddings import MemoryEmbeddingCache, as_matrix
+from llmkit.embeddings import MemoryEmbeddingCache
 from llmkit.testing import FakeOpenAIServer
 
 KEY = "sk-embed-fix-0123456789"
@@ -114,6 +114,8 @@ class FixedCache:
 
 
 def test_vectors_of_different_sizes_are_a_provider_error_not_a_numpy_error() -> None:
+    from llmkit.embeddings import as_matrix
+
     with llmkit.Client([mock("a", ["emb"], 8)], ledger=None, health_interval=None) as client:
         with pytest.raises(llmkit.ProviderError, match="differ in size"):
             client.embed(["old", "new"], model="emb", progress=False, cache=FixedCache())
