@@ -10,7 +10,7 @@ then misses at once), so a dead server costs one short timeout a second, not one
 
 It speaks redis-py's synchronous client (the front's interface is synchronous, like SQLite's): one round
 trip per lookup or store, bounded by ``timeout_s``; ``lookup_many`` / ``store_many`` (embed's per-text cache,
-which calls them off the loop thread) pipeline up to 1,000 keys per round trip. ``cache_max_bytes`` does
+which calls them off the loop thread) take up to 1,000 keys per script call (one round trip). ``cache_max_bytes`` does
 not apply here: bound the memory with Redis's own ``maxmemory`` policy.
 """
 
@@ -25,15 +25,44 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._secrets import redact
-from .cache import CLEAR, GET, INFO, PUT
+from .cache import _PRUNE, CLEAR, GET, INFO, PUT
 
-_PIPELINE = 1000  # script calls per round trip in ``lookup_many`` / ``store_many``
+_CHUNK = 1000  # entries per script call (one round trip) in ``lookup_many`` / ``store_many``
 _HEADER = struct.Struct("!dd")  # created (the cache's clock), cost in USD (NaN: unpriced)
 
 DISCARD = """
 redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+"""
+
+#: ``lookup_many``: KEYS = the three index keys, then the entries; one reply per entry (0: a miss).
+GET_MANY = """
+local out, hits = {}, 0
+for i = 4, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if value then out[#out + 1] = value; hits = hits + 1 else out[#out + 1] = 0 end
+end
+if hits > 0 then redis.call('HINCRBY', KEYS[3], 'hits', hits) end
+if #KEYS - 3 > hits then redis.call('HINCRBY', KEYS[3], 'misses', #KEYS - 3 - hits) end
+return out
+"""
+
+#: ``store_many``: KEYS = the three index keys, then the entries; ARGV = the TTL in ms, then digest, value pairs.
+PUT_MANY = _PRUNE + """
+local ms = tonumber(ARGV[1])
+for i = 4, #KEYS do
+  local digest, value = ARGV[2 * (i - 3)], ARGV[2 * (i - 3) + 1]
+  if ms > 0 then
+    redis.call('SET', KEYS[i], value, 'PX', ms)
+    redis.call('ZADD', KEYS[1], now + ms, digest)
+  else
+    redis.call('SET', KEYS[i], value)
+    redis.call('ZADD', KEYS[1], '+inf', digest)
+  end
+  redis.call('HSET', KEYS[2], digest, string.len(value))
+end
 return 1
 """
 
@@ -92,23 +121,29 @@ class RedisCacheBackend:
         self._run("put", PUT, [*self._meta, self._prefix + key], [key, pack(entry), ms])
 
     def lookup_many(self, keys: list[str], now: float) -> list[Any]:
-        """``lookup`` for many keys in one pipeline per ``_PIPELINE`` keys (one round trip each)."""
-        results = self._pipeline("get", GET, [([*self._meta, self._prefix + key], []) for key in keys])
+        """``lookup`` for many keys: one script call (one round trip) per ``_CHUNK`` keys."""
         out: list[Any] = []
-        for result in results:
-            if not result or not int(result[0]):
-                out.append(None)
-            else:
-                payload, created, cost = unpack(result[1])
-                out.append(StoredEntry(payload, created, cost))
+        for i in range(0, len(keys), _CHUNK):
+            chunk = keys[i:i + _CHUNK]
+            values = self._run("get_many", GET_MANY, [*self._meta, *(self._prefix + k for k in chunk)], [])
+            for value in values:
+                if isinstance(value, bytes):
+                    payload, created, cost = unpack(value)
+                    out.append(StoredEntry(payload, created, cost))
+                else:
+                    out.append(None)
         return out
 
     def store_many(self, items: list[tuple[str, Any]], *, ttl: float | None = None,
                    max_bytes: int | None = None) -> None:
-        """``store`` for many entries in one pipeline per ``_PIPELINE`` entries."""
+        """``store`` for many entries: one script call per ``_CHUNK`` entries."""
         ms = 0 if ttl is None else max(1, round(ttl * 1000))
-        self._pipeline("put", PUT, [([*self._meta, self._prefix + key], [key, pack(entry), ms])
-                                    for key, entry in items])
+        for i in range(0, len(items), _CHUNK):
+            chunk = items[i:i + _CHUNK]
+            args: list[Any] = [ms]
+            for key, entry in chunk:
+                args += [key, pack(entry)]
+            self._run("put_many", PUT_MANY, [*self._meta, *(self._prefix + k for k, _ in chunk)], args)
 
     def discard(self, key: str) -> None:
         self._run("discard", DISCARD, [*self._meta, self._prefix + key], [key])
@@ -136,23 +171,6 @@ class RedisCacheBackend:
         except redis.RedisError as exc:
             self._down_until = self._clock() + self.retry_s
             raise ConnectionError(f"Redis at {self.location}: {redact(str(exc))}") from None
-
-    def _pipeline(self, name: str, source: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]]) -> list[Any]:
-        """Run the script once per ``(keys, args)``, ``_PIPELINE`` calls per round trip; results in order."""
-        import redis
-
-        out: list[Any] = []
-        try:
-            script = self._script(name, source)
-            for i in range(0, len(calls), _PIPELINE):
-                pipe = self._client.pipeline(transaction=False)
-                for keys, args in calls[i:i + _PIPELINE]:
-                    script(keys=list(keys), args=list(args), client=pipe)
-                out.extend(pipe.execute())
-        except redis.RedisError as exc:
-            self._down_until = self._clock() + self.retry_s
-            raise ConnectionError(f"Redis at {self.location}: {redact(str(exc))}") from None
-        return out
 
     def _script(self, name: str, source: str) -> Any:
         import redis

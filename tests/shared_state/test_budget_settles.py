@@ -1,5 +1,5 @@
 """The shared budget on a real redis-server: streams and embeddings settle their cost, a fresh client
-sees the team's spend, and the embed cache's Redis reads are pipelined."""
+sees the team's spend, and the embed cache reads Redis in few round trips."""
 
 from __future__ import annotations
 
@@ -56,10 +56,10 @@ def test_a_fresh_client_shows_the_teams_spend(redis_url: str) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_redis_backend_looks_up_and_stores_many_in_pipelines(redis_url: str) -> None:
+def test_redis_backend_looks_up_and_stores_many_in_few_round_trips(redis_url: str) -> None:
     backend = RedisCacheBackend(redis_url, "llmkit")
     try:
-        keys = [f"{i:064x}" for i in range(2500)]  # three pipelines
+        keys = [f"{i:064x}" for i in range(2500)]  # three script calls each way
         backend.store_many([(k, Entry(k.encode()[:4], 5.0, 0.5)) for k in keys[::2]], ttl=None)
         found = backend.lookup_many(keys, 6.0)
         assert [e.payload if e else None for e in found] == [k.encode()[:4] if i % 2 == 0 else None
