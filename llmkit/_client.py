@@ -258,7 +258,13 @@ class Client:
     def embed(self, data: Any, model: str, *, batch_size: int | None = None, as_array: bool = False,
               progress: bool = True, max_concurrency: int | None = None, cache: Any = True, **kwargs: Any) -> Any:
         """Embed a Series or list of texts in batches: a DataFrame with the input's index and one
-        ``embedding`` column (a numpy array with ``as_array=True``). See ``llmkit.embeddings``."""
+        ``embedding`` column (a numpy array with ``as_array=True``). See ``llmkit.embeddings``.
+
+        ``cache=True`` (the default) uses the client's per-text cache: none with ``Client(cache=False)``; in
+        memory (no file) when the client has no ``cache=`` setting and ``ledger=None``; else the client's
+        response cache (``cache=`` a file, ``":memory:"``, ``"redis"``, a backend; by default ``cache.sqlite3``
+        beside the ledger). ``cache=False`` skips it for this call; any object with ``get_many``/``put_many``
+        is used instead."""
         from .embeddings import embed
 
         self._check_open()
