@@ -7,7 +7,8 @@ dimension (a known table, the mock's configured size, or ``dimensions=`` on mode
 a fallback never mixes vector spaces in one column.
 
 ``embed`` deduplicates its texts, takes the ones a cache already holds (the ``EmbeddingCache`` hook:
-two methods, ``get_many`` and ``put_many``), cuts the rest into batches within every candidate
+two methods, ``get_many`` and ``put_many``, run off the loop thread; ``client_cache`` picks the client's),
+cuts the rest into batches within every candidate
 provider's limit, runs them concurrently, shows a tqdm bar, and puts the vectors back in input order.
 numpy and pandas are imported here on first use only.
 """
@@ -57,7 +58,8 @@ class EmbeddingCache(Protocol):
     """Where ``embed`` looks texts up before sending them, and stores what it got.
 
     ``key`` names everything besides the text that changes the vector (``dimensions``, ``task_type``);
-    ``get_many`` returns one vector (a sequence of floats) or None per text.
+    ``get_many`` returns one vector (a sequence of floats) or None per text. Both are called on a worker
+    thread (off the client's event loop), possibly several at once: an implementation must be thread-safe.
     """
 
     def get_many(self, model: str, key: str, texts: Sequence[str]) -> list[Any | None]: ...
