@@ -66,6 +66,8 @@ async def test_a_cancelled_embedding_is_recorded_as_cancelled() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        while client.in_flight():  # the request ends on the client's loop, just after its caller
+            await asyncio.sleep(0.005)
         usage = client.usage()
     finally:
         await client.aclose()
