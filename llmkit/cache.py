@@ -428,9 +428,10 @@ class SQLiteCache:
                 found[bytes(key)] = Entry(payload if isinstance(payload, bytes) else str(payload).encode("utf-8"),
                                           float(created), cost)
         out = [found.get(raw) for raw in raws]
-        for raw, entry in zip(raws, out, strict=True):
-            if entry is not None:
-                self._touches[raw] = now
+        with self._state_lock:  # (the writer thread swaps ``_touches`` under this lock)
+            for raw, entry in zip(raws, out, strict=True):
+                if entry is not None:
+                    self._touches[raw] = now
         return out
 
     def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
