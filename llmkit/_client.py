@@ -258,7 +258,13 @@ class Client:
     def embed(self, data: Any, model: str, *, batch_size: int | None = None, as_array: bool = False,
               progress: bool = True, max_concurrency: int | None = None, cache: Any = True, **kwargs: Any) -> Any:
         """Embed a Series or list of texts in batches: a DataFrame with the input's index and one
-        ``embedding`` column (a numpy array with ``as_array=True``). See ``llmkit.embeddings``."""
+        ``embedding`` column (a numpy array with ``as_array=True``). See ``llmkit.embeddings``.
+
+        ``cache=True`` (the default) uses the client's per-text cache: none with ``Client(cache=False)``; in
+        memory (no file) when the client has no ``cache=`` setting and ``ledger=None``; else the client's
+        response cache (``cache=`` a file, ``":memory:"``, ``"redis"``, a backend; by default ``cache.sqlite3``
+        beside the ledger). ``cache=False`` skips it for this call; any object with ``get_many``/``put_many``
+        is used instead."""
         from .embeddings import embed
 
         self._check_open()
@@ -276,12 +282,16 @@ class Client:
                             **kwargs)
 
     def _embed_cache(self, cache: Any) -> Any:
-        """``cache=True``: the per-text embedding cache on the client's response cache file (``cache=`` of the
-        client, else ``cache.sqlite3`` beside the ledger); False/None: none; else the object given."""
+        """``cache=True``: the client's per-text embedding cache (``llmkit.embeddings.client_cache``: none for
+        ``Client(cache=False)``, in memory for a memory-only client, else the response cache's store);
+        False/None: none; else the object given."""
         if cache is True:
-            from .embeddings import PersistentEmbeddingCache
+            from .embeddings import client_cache
 
-            return PersistentEmbeddingCache(self._service.cache)
+            made = getattr(self, "_embeddings_cache", False)
+            if made is False:
+                made = self._embeddings_cache = client_cache(self.config, self._service.cache)
+            return made
         return None if cache is None or cache is False else cache
     # -- batches -------------------------------------------------------------------------------
 
@@ -389,6 +399,14 @@ class Client:
         budget = self._service.budget
         if budget is None:
             return None
+        refresh = getattr(budget, "refresh", None)  # a shared (Redis) budget: the team's spend, read now
+        if refresh is not None and not self._closed and not self._loop.in_loop_thread():
+            try:
+                self._loop.run(refresh(), timeout=5.0)
+            except Exception as err:  # Redis away or slow: the last known figures (local ones at worst)
+                from ._secrets import logger
+
+                logger.debug("reading the shared budget: %s", err)
         status = dict(budget.status())
         start = status.get("period_start")
         if isinstance(start, (int, float)):

@@ -170,13 +170,14 @@ class Service:
             if closed is not None:
                 raise closed from None
             raise
+        else:  # recorded before the reservation is released: the budget never misses the cost in between
+            await self._record(request, response, None, attempts, started, t0, stream=True)
+            return response
         finally:
             self._tasks.discard(task)
             self.in_flight -= 1
             if token is not None and self.budget is not None:
                 self.budget.release(token)
-        await self._record(request, response, None, attempts, started, t0, stream=True)
-        return response
 
     async def _pump(self, request: Request, slot: Slot, chunk: StreamChunk | None, agen: AsyncIterator[StreamChunk],
                     emit: Callable[[StreamChunk], Awaitable[None]], texts: list[str], hard: float) -> Response | None:

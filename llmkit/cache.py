@@ -209,6 +209,10 @@ class CacheBackend(Protocol):
     def clear(self) -> None:
         """Remove every entry; done when this returns."""
 
+    # Optional, for many keys at once (the per-text embedding cache): ``lookup_many(keys, now)`` -> one
+    # ``Entry | None`` per key, and ``store_many(items, *, ttl, max_bytes)`` with ``(key, Entry)`` pairs, each in
+    # as few round trips as the store allows. A backend without them is called once per key (``lookup_many``).
+
     def info(self) -> dict[str, Any]:
         """``entries`` and ``size_bytes`` (bytes of stored answers and keys), counting every store done so far."""
 
@@ -240,6 +244,19 @@ class MemoryCache:
             self._bytes += _size(key, entry)
             while max_bytes is not None and self._bytes > max_bytes and self._entries:
                 self._drop(next(iter(self._entries)))
+
+    def lookup_many(self, keys: list[str], now: float) -> list[Entry | None]:
+        with self._lock:
+            out = [self._entries.get(key) for key in keys]
+            for key, entry in zip(keys, out, strict=True):
+                if entry is not None:
+                    self._entries.move_to_end(key)
+            return out
+
+    def store_many(self, items: list[tuple[str, Entry]], *, ttl: float | None = None,
+                   max_bytes: int | None = None) -> None:
+        for key, entry in items:
+            self.store(key, entry, ttl=ttl, max_bytes=max_bytes)
 
     def _drop(self, key: str) -> None:
         old = self._entries.pop(key, None)
@@ -300,6 +317,7 @@ _TOUCH = "UPDATE entries SET last_used = max(last_used, ?) WHERE key = ?"
 _BUSY_TIMEOUT_MS = 10_000  # the writer thread waits for other processes' writes this long
 _READ_BUSY_TIMEOUT_MS = 20  # a read never stalls the event loop longer: past it, a miss
 _BATCH = 512
+_IN_CHUNK = 500  # keys per ``SELECT ... IN (...)`` (within every SQLite's limit on bound parameters)
 _TOUCH_FLUSH_S = 1.0  # last-hit times reach the file at most this late
 _BATCH_WINDOW_S = 0.02  # a store waits this long for others to share its commit (same-process reads see it at once)
 _CHECKPOINT_EVERY = 1000  # commits between checkpoints while the writer is never idle
@@ -390,12 +408,48 @@ class SQLiteCache:
         self._touches[raw] = now
         return entry
 
+    def lookup_many(self, keys: list[str], now: float) -> list[Entry | None]:
+        """``lookup`` for many keys: one ``SELECT ... IN`` per ``_IN_CHUNK`` keys not pending."""
+        raws = [bytes.fromhex(key) for key in keys]
+        found: dict[bytes, Entry | None] = {}
+        unread = []
+        for raw in raws:
+            pending = self._pending.get(raw, _NOT_PENDING)
+            if pending is _NOT_PENDING:
+                unread.append(raw)
+            else:
+                found[raw] = pending
+        for i in range(0, len(unread), _IN_CHUNK):
+            chunk = unread[i:i + _IN_CHUNK]
+            query = f"SELECT key, payload, created, cost_usd FROM entries WHERE key IN ({','.join('?' * len(chunk))})"
+            with self._read_lock:
+                rows = self._reader.execute(query, chunk).fetchall()
+            for key, payload, created, cost in rows:
+                found[bytes(key)] = Entry(payload if isinstance(payload, bytes) else str(payload).encode("utf-8"),
+                                          float(created), cost)
+        out = [found.get(raw) for raw in raws]
+        with self._state_lock:  # (the writer thread swaps ``_touches`` under this lock)
+            for raw, entry in zip(raws, out, strict=True):
+                if entry is not None:
+                    self._touches[raw] = now
+        return out
+
     def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
         raw = bytes.fromhex(key)
         with self._state_lock:
             self._check_open()
             self._pending[raw] = entry
             self._ops.put(("put", raw, entry, max_bytes))
+
+    def store_many(self, items: list[tuple[str, Entry]], *, ttl: float | None = None,
+                   max_bytes: int | None = None) -> None:
+        """``store`` for many entries (the writer thread commits them together: ``executemany`` batches)."""
+        pairs = [(bytes.fromhex(key), entry) for key, entry in items]
+        with self._state_lock:
+            self._check_open()
+            for raw, entry in pairs:
+                self._pending[raw] = entry
+                self._ops.put(("put", raw, entry, max_bytes))
 
     def discard(self, key: str) -> None:
         raw = bytes.fromhex(key)
@@ -586,8 +640,15 @@ class _Shared:
     def lookup(self, key: str, now: float) -> Entry | None:
         return self.backend.lookup(key, now)
 
+    def lookup_many(self, keys: list[str], now: float) -> list[Entry | None]:
+        return self.backend.lookup_many(keys, now)
+
     def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
         self.backend.store(key, entry, ttl=ttl, max_bytes=max_bytes)
+
+    def store_many(self, items: list[tuple[str, Entry]], *, ttl: float | None = None,
+                   max_bytes: int | None = None) -> None:
+        self.backend.store_many(items, ttl=ttl, max_bytes=max_bytes)
 
     def discard(self, key: str) -> None:
         self.backend.discard(key)
@@ -625,8 +686,15 @@ class _Borrowed:
     def lookup(self, key: str, now: float) -> Entry | None:
         return self.backend.lookup(key, now)
 
+    def lookup_many(self, keys: list[str], now: float) -> list[Entry | None]:
+        return lookup_many(self.backend, keys, now)
+
     def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
         self.backend.store(key, entry, ttl=ttl, max_bytes=max_bytes)
+
+    def store_many(self, items: list[tuple[str, Entry]], *, ttl: float | None = None,
+                   max_bytes: int | None = None) -> None:
+        store_many(self.backend, items, ttl=ttl, max_bytes=max_bytes)
 
     def discard(self, key: str) -> None:
         self.backend.discard(key)
@@ -639,6 +707,27 @@ class _Borrowed:
 
     def close(self) -> None:
         pass
+
+
+def lookup_many(backend: Any, keys: list[str], now: float) -> list[Entry | None]:
+    """``backend.lookup_many`` when it has one, else one ``lookup`` per key."""
+    many = getattr(backend, "lookup_many", None)
+    if many is not None:
+        found = list(many(keys, now))
+        if len(found) != len(keys):
+            raise ValueError(f"lookup_many answered {len(found)} entries for {len(keys)} keys")
+        return found
+    return [backend.lookup(key, now) for key in keys]
+
+
+def store_many(backend: Any, items: list[tuple[str, Entry]], *, ttl: float | None, max_bytes: int | None) -> None:
+    """``backend.store_many`` when it has one, else one ``store`` per entry."""
+    many = getattr(backend, "store_many", None)
+    if many is not None:
+        many(items, ttl=ttl, max_bytes=max_bytes)
+        return
+    for key, entry in items:
+        backend.store(key, entry, ttl=ttl, max_bytes=max_bytes)
 
 
 def remove_files(path: Path) -> None:
@@ -771,8 +860,7 @@ class ResponseCache:
         now = self.clock()
         out: list[bytes | None] = []
         try:
-            for key in keys:
-                entry = backend.lookup(key, now)
+            for entry in lookup_many(backend, keys, now):  # one round trip where the store allows it
                 fresh = entry is not None and (self.ttl is None or now - entry.created <= self.ttl)
                 out.append(entry.payload if fresh and entry is not None else None)
         except Exception as exc:
@@ -787,8 +875,9 @@ class ResponseCache:
         if backend is None:
             return
         try:
-            for key, payload in items:
-                backend.store(key, Entry(payload, self.clock(), None), ttl=self.ttl, max_bytes=self.max_bytes)
+            now = self.clock()
+            store_many(backend, [(key, Entry(payload, now, None)) for key, payload in items], ttl=self.ttl,
+                       max_bytes=self.max_bytes)
         except Exception as exc:
             self.warn(f"vectors could not be stored in the response cache ({redact(str(exc))})", None)
 

@@ -7,7 +7,8 @@ dimension (a known table, the mock's configured size, or ``dimensions=`` on mode
 a fallback never mixes vector spaces in one column.
 
 ``embed`` deduplicates its texts, takes the ones a cache already holds (the ``EmbeddingCache`` hook:
-two methods, ``get_many`` and ``put_many``), cuts the rest into batches within every candidate
+two methods, ``get_many`` and ``put_many``, run off the loop thread; ``client_cache`` picks the client's),
+cuts the rest into batches within every candidate
 provider's limit, runs them concurrently, shows a tqdm bar, and puts the vectors back in input order.
 numpy and pandas are imported here on first use only.
 """
@@ -49,13 +50,16 @@ EMBEDDING_DIMENSIONS: dict[str, int] = {
 RESIZABLE = ("text-embedding-3-", "gemini-embedding-")
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_CONCURRENCY = 8
+#: Arguments that do not change a vector (left out of the per-text cache key).
+_NOT_IN_KEY = ("timeout", "priority", "metadata", "provider", "encoding_format")
 
 
 class EmbeddingCache(Protocol):
     """Where ``embed`` looks texts up before sending them, and stores what it got.
 
     ``key`` names everything besides the text that changes the vector (``dimensions``, ``task_type``);
-    ``get_many`` returns one vector (a sequence of floats) or None per text.
+    ``get_many`` returns one vector (a sequence of floats) or None per text. Both are called on a worker
+    thread (off the client's event loop), possibly several at once: an implementation must be thread-safe.
     """
 
     def get_many(self, model: str, key: str, texts: Sequence[str]) -> list[Any | None]: ...
@@ -108,6 +112,22 @@ class PersistentEmbeddingCache:
                               for t, v in zip(texts, vectors, strict=True)])
 
 
+def client_cache(config: Any, cache: ResponseCache) -> EmbeddingCache | None:
+    """The per-text cache ``embed(cache=True)`` uses on a client, by the client's ``cache=`` and ``ledger=``:
+
+    - ``cache=False``: none (nothing is kept, in memory or on disk);
+    - no ``cache=`` setting and ``ledger=None`` (or ``":memory:"``): in memory, for this client's life;
+    - otherwise the response cache's store: ``cache=`` (a file, ``":memory:"``, ``"redis"``, a backend), else
+      ``cache.sqlite3`` beside the ledger file.
+    """
+    setting = getattr(config, "cache", None)
+    if setting is False:
+        return None
+    if setting is None and getattr(config, "ledger", None) in (None, ":memory:"):
+        return MemoryEmbeddingCache()
+    return PersistentEmbeddingCache(cache)
+
+
 # ----------------------------------------------------------------------------------------------
 # one call
 
@@ -119,6 +139,8 @@ def build_embedding_request(model: Any, input: Any, **kwargs: Any) -> Request:
     for bad in ("temperature", "max_tokens", "messages"):
         if bad in kwargs:
             raise InvalidRequestError(f"{bad}: not an argument of an embedding call")
+    if kwargs.get("encoding_format", "float") not in ("float", "base64"):  # base64: decoded by the adapter
+        raise InvalidRequestError(f"encoding_format: expected 'float' or 'base64', got {kwargs['encoding_format']!r}")
     base = build_request(model, [{"role": "user", "content": "-"}], extra=kwargs, **named)
     return dataclasses.replace(base, messages=(), extra={**base.extra, "input": tuple(texts)})
 
@@ -157,15 +179,43 @@ def embedding_candidates(service: Service, request: Request) -> list[tuple[Slot,
         raise InvalidRequestError(f"model {request.model!r}: no provider serving it supports embeddings")
     dims = request.extra.get("dimensions")
     primary = dimension_of(pairs[0][0].provider, pairs[0][1], dims)
-    return [(s, m) for s, m in pairs
-            if m == request.model or (primary is not None and dimension_of(s.provider, m, dims) == primary)]
+    kept = []
+    for slot, m in pairs:
+        size = dimension_of(slot.provider, m, dims)
+        # a known size must match (the asked model on another provider too); unknown: checked on the answer
+        if (size is not None and size == primary) or (m == request.model and None in (size, primary)):
+            kept.append((slot, m))
+    return kept
+
+
+def expected_dimension(service: Service, request: Request) -> int | None:
+    """The vector size the first provider serving ``request`` gives (None when unknown)."""
+    slot, model = embedding_candidates(service, request)[0]
+    return dimension_of(slot.provider, model, request.extra.get("dimensions"))
+
+
+def as_matrix(vectors: Any, count: int, provider: str | None) -> np.ndarray:
+    """``count`` vectors of one length as a float32 matrix, else ``ProviderError`` (never numpy's ValueError)."""
+    import numpy as np
+
+    rows = list(vectors) if vectors is not None else []
+    sizes = {len(v) if hasattr(v, "__len__") else -1 for v in rows}
+    if len(rows) != count or len(sizes) > 1 or -1 in sizes:
+        raise ProviderError(f"malformed embeddings: expected {count} vectors of one length, got {len(rows)} "
+                            f"of sizes {sorted(sizes)}", provider=provider, code="malformed_embeddings")
+    try:
+        matrix = np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ProviderError(f"malformed embeddings: {exc}", provider=provider, code="malformed_embeddings") from None
+    if matrix.ndim != 2:
+        raise ProviderError(f"malformed embeddings: expected {count} vectors of one length", provider=provider,
+                            code="malformed_embeddings")
+    return matrix
 
 
 async def run_embedding(service: Service, request: Request) -> EmbeddingResponse:
     """Route one embedding request, price it, record it (``kind="embedding"``) and return it with
     ``vectors`` as a float32 numpy array."""
-    import numpy as np
-
     candidates = embedding_candidates(service, request)
     t0, started = service.clock(), service.wallclock()
     attempts: list[Attempt] = []
@@ -184,11 +234,7 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
 
         response: EmbeddingResponse = await service._deadline(request, t0, attempts, service.router.route_call(
             request, attempts, deadline, call, service._rebudget(token, request), candidates))
-        vectors = np.asarray(response.vectors, dtype=np.float32)
-        if vectors.ndim != 2 or len(vectors) != len(request.extra["input"]):
-            raise ProviderError(f"malformed embeddings: expected {len(request.extra['input'])} vectors of one "
-                                "length", provider=response.provider, code="malformed_embeddings")
-        response.vectors = vectors
+        response.vectors = as_matrix(response.vectors, len(request.extra["input"]), response.provider)
         response.id, response.attempts = request.id, attempts
         response.latency_s = service.clock() - t0
         response.requested_model = request.model
@@ -199,13 +245,15 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         if closed is not None:
             raise closed from None
         raise
+    else:  # recorded before the reservation is released (as ``Service.execute``): a shared budget settles
+        # the cost with the release, and the local budget always counts the reservation or the spend
+        await _record(service, request, response, None, attempts, started, t0)
+        return response
     finally:
         service._tasks.discard(task)
         service.in_flight -= 1
         if token is not None and service.budget is not None:
             service.budget.release(token)
-    await _record(service, request, response, None, attempts, started, t0)
-    return response
 
 
 def _cost(service: Service, request: Request, response: EmbeddingResponse) -> float | None:
@@ -232,9 +280,12 @@ async def _record(service: Service, request: Request, response: EmbeddingRespons
             cost_usd=response.cost_usd, latency_s=response.latency_s, fallback=response.fallback, **common)
     else:
         last = attempts[-1] if attempts else None
+        cancelled = isinstance(exc, asyncio.CancelledError)  # by its caller (``aclose()`` records ClientClosedError)
         record = LedgerRecord(
-            provider=last.provider if last else None, model=last.model if last else None, status="error",
-            error_type=type(exc).__name__, error_message=redact(str(exc))[:500], input_tokens=0,
+            provider=last.provider if last else None, model=last.model if last else None,
+            status="cancelled" if cancelled else "error", error_type=type(exc).__name__,
+            error_message=f"request {request.id} cancelled by its caller" if cancelled else redact(str(exc))[:500],
+            input_tokens=0,
             usage_estimated=False, cost_usd=0.0, latency_s=service.clock() - t0,
             fallback=len({a.provider for a in attempts}) > 1, **common)
     try:
@@ -285,15 +336,20 @@ async def embed_texts(service: Service, texts: list[str], model: str, *, batch_s
     position: dict[str, int] = {}
     inverse = [position.setdefault(t, len(position)) for t in texts]
     unique = list(position)
+    copies = [0] * len(unique)  # how many input texts each unique text stands for (the bar counts texts)
+    for i in inverse:
+        copies[i] += 1
     stats = EmbedStats(texts=len(texts), unique=len(unique))
-    key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k not in ("timeout", "priority", "metadata",
-                                                                            "provider")}, sort_keys=True)
-    found = cache.get_many(model, key, unique) if cache is not None else [None] * len(unique)
+    key = json.dumps({k: v for k, v in sorted(kwargs.items()) if k not in _NOT_IN_KEY}, sort_keys=True)
+    loop = asyncio.get_running_loop()
+    found: list[Any] = [None] * len(unique)
+    if cache is not None:  # off the loop thread: a file or Redis read never stalls other requests
+        found = list(await loop.run_in_executor(None, cache.get_many, model, key, unique))
     rows: list[Any] = list(found)
-    todo = [i for i, v in enumerate(found) if v is None]
+    todo = [i for i, v in enumerate(rows) if v is None]
     stats.cached = len(unique) - len(todo)
     if on_batch is not None and stats.cached:
-        on_batch(stats.cached)
+        on_batch(sum(copies[i] for i, v in enumerate(rows) if v is not None))
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     gate = asyncio.Semaphore(concurrency)
     dims: list[int] = []
@@ -314,10 +370,11 @@ async def embed_texts(service: Service, texts: list[str], model: str, *, batch_s
         stats.input_tokens += response.usage.input_tokens
         stats.cost_usd = None if stats.cost_usd is None or response.cost_usd is None else \
             stats.cost_usd + response.cost_usd
-        if cache is not None:
-            cache.put_many(model, key, [unique[i] for i in batch], vectors)
+        served = cache_model(response, model, candidates, kwargs.get("dimensions"))
+        if cache is not None and served is not None:
+            await loop.run_in_executor(None, cache.put_many, served, key, [unique[i] for i in batch], vectors)
         if on_batch is not None:
-            on_batch(len(batch))
+            on_batch(sum(copies[i] for i in batch))
 
     tasks = [asyncio.ensure_future(one(b)) for b in batches]
     try:
@@ -327,10 +384,26 @@ async def embed_texts(service: Service, texts: list[str], model: str, *, batch_s
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+    if len({len(v) for v in rows}) > 1:
+        raise ProviderError(f"cached and fresh embeddings of {model!r} differ in size ({sorted({len(v) for v in rows})}"
+                            "); client.clear_cache() empties the cache", code="dimension_mismatch")
     matrix = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), dtype=np.float32)
-    if matrix.ndim != 2:
-        raise ProviderError("cached and fresh embeddings differ in size", code="dimension_mismatch")
     return matrix[np.asarray(inverse, dtype=np.intp)], stats
+
+
+def cache_model(response: EmbeddingResponse, model: str, candidates: list[tuple[Slot, str]],
+                dimensions: Any) -> str | None:
+    """The model name to cache ``response``'s vectors under: the model that produced them; None (not cached)
+    when the asked model answered from another provider whose vector size is not known to be the first's.
+    So a fallback never puts vectors of another space under the asked model's name."""
+    ok = [a for a in response.attempts if a.outcome == "ok"]
+    produced = ok[-1].model if ok else response.model
+    first_slot, first_model = candidates[0]
+    if produced != model or response.provider == first_slot.name:
+        return produced  # another model (same known size: see ``embedding_candidates``), or the first provider
+    this = next((s for s, m in candidates if s.name == response.provider and m == model), None)
+    size = dimension_of(this.provider, model, dimensions) if this is not None else None
+    return model if size is not None and size == dimension_of(first_slot.provider, first_model, dimensions) else None
 
 
 def _inputs(data: Any) -> tuple[list[str], Any]:

@@ -267,7 +267,7 @@ class OpenAIProvider(HTTPProvider):
             raise e.ProviderConnectionError("malformed embeddings response: no 'data' list", provider=self.name,
                                             status=resp.status_code)
         items = sorted((d for d in data["data"] if isinstance(d, dict)), key=lambda d: _n(d.get("index")))
-        vectors = [d.get("embedding") for d in items]
+        vectors = [_vector(d.get("embedding")) for d in items]  # a list of floats, or base64 float32
         if len(vectors) != len(texts) or not all(isinstance(v, list) for v in vectors):
             raise e.ProviderConnectionError(f"malformed embeddings response: {len(vectors)} vectors for "
                                             f"{len(texts)} inputs", provider=self.name, status=resp.status_code)
@@ -278,6 +278,24 @@ class OpenAIProvider(HTTPProvider):
             request, vectors, usage, model=data.get("model") or request.model,
             raw={k: v for k, v in data.items() if k != "data"}, rate_limit=parse_rate_limit_headers(resp.headers),
             provider_request_id=resp.headers.get(self.request_id_header))
+
+
+def _vector(value: Any) -> Any:
+    """An embedding as a list of floats: as sent, or decoded from ``encoding_format="base64"`` (the
+    little-endian float32 bytes of the vector); anything else is returned as is (and found malformed)."""
+    if not isinstance(value, str):
+        return value
+    import base64
+    import binascii
+    import struct
+
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return value
+    if len(raw) % 4:
+        return value
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 def tool_calls(calls: Any) -> list[ToolCall]:

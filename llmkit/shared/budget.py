@@ -11,6 +11,7 @@ ledger) and adds the shared check:
 - ``release(token)`` (after the request's record is written) settles: one script drops the reservation
   and adds the request's real cost (from the ``request`` event) to the period's spend.
 
+``refresh()`` reads the shared figures (``client.budget_status()`` calls it first).
 Reservations carry an expiry, so a process that dies mid-request frees its hold. A settle that cannot
 reach Redis is kept and added to the next one. While Redis is away the local budget decides alone.
 """
@@ -62,6 +63,19 @@ local held = 0
 local all = redis.call('HGETALL', KEYS[2])
 for i = 1, #all, 2 do held = held + tonumber(string.match(all[i + 1], '^(.-):')) end
 return {1, tostring(spent), tostring(held)}
+"""
+
+READ = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+local held = 0
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  local amount, expires = string.match(all[i + 1], '^(.-):(.*)$')
+  if tonumber(expires) >= now then held = held + tonumber(amount) end
+end
+return {tostring(spent), tostring(held)}
 """
 
 
@@ -180,6 +194,14 @@ class SharedBudget:
                 self.spent_usd, self.reserved_usd = float(result[1]), float(result[2])
 
         self._link.spawn(settle())
+
+    async def refresh(self) -> None:
+        """Read the period's shared spend and reservations from Redis (for ``budget_status()``: a fresh client
+        shows the team's spend before its first call). Redis away: the figures stay as they were."""
+        keys, _ = self._keys()
+        result = await self._link.run("budget.read", READ, keys, [])
+        if result is not None:
+            self.spent_usd, self.reserved_usd = float(result[0]), float(result[1])
 
     def status(self) -> dict[str, Any]:
         status = dict(self.local.status())

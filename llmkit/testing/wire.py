@@ -156,14 +156,23 @@ def embedding_inputs(body: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else []
 
 
+def _base64_floats(vector: list[float]) -> str:
+    """``encoding_format="base64"``: the vector's little-endian float32 bytes, base64-encoded (as OpenAI)."""
+    import base64
+    import struct
+
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+
+
 def openai_embeddings(body: Any, dims: int, model: str) -> dict[str, Any]:
     """An OpenAI ``/embeddings`` answer: the mock's deterministic unit vectors, one per input."""
     from ..providers.mock import mock_embedding
 
     texts = embedding_inputs(body)
     tokens = sum(estimate(t) for t in texts)
+    encode: Any = _base64_floats if isinstance(body, dict) and body.get("encoding_format") == "base64" else list
     return {"object": "list", "model": model,
-            "data": [{"object": "embedding", "index": i, "embedding": mock_embedding(t, dims)}
+            "data": [{"object": "embedding", "index": i, "embedding": encode(mock_embedding(t, dims))}
                      for i, t in enumerate(texts)],
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
