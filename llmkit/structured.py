@@ -214,9 +214,11 @@ def check_tools(tools: Any) -> list[Any]:
         names.add(name)
         if "description" in fn and not isinstance(fn["description"], str | None):
             raise InvalidRequestError(f"tools[{i}].function.description: expected a string")
+        fn = dict(fn)
         if fn.get("parameters") is not None:
+            fn["parameters"] = root_object(fn["parameters"])  # e.g. a recursive model's schema
             check_schema(fn["parameters"], f"tools[{i}].function.parameters")
-        out.append({**tool, "function": dict(fn)})
+        out.append({**tool, "function": fn})
     if not out:
         raise InvalidRequestError("tools: expected at least one tool, got an empty list (leave tools out instead)")
     return out

@@ -174,3 +174,15 @@ def test_the_mock_answers_a_recursive_model_with_valid_nested_instances() -> Non
 
 def _depth(node: Node) -> int:
     return 1 + max((_depth(c) for c in node.children), default=0)
+
+
+def test_a_recursive_model_schema_works_as_tool_parameters() -> None:
+    plant = {"name": "plant", "parameters": Node.model_json_schema()}
+    tools = st.check_tools([{"type": "function", "function": plant}])
+    params = tools[0]["function"]["parameters"]
+    assert params["type"] == "object" and "Node" in params["$defs"]
+    with llmkit.Client([{"name": "m", "adapter": "mock", "models": ["*"]}], ledger=None,
+                       health_interval=None) as client:
+        resp = client.completion("gpt-4o", MSG, tools=tools, tool_choice="required")
+    [call] = resp.tool_calls
+    assert call.name == "plant" and call.error is None and Node.model_validate(call.arguments)
