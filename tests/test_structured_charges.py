@@ -97,7 +97,7 @@ def test_a_cancel_during_validation_retries_charges_the_answered_tries() -> None
         request_id = client.completion_async("gpt-4o", MSG, response_model=Sentiment, max_validation_retries=5)
         assert third.wait(10)
         while client.provider("m").calls < 3:  # type: ignore[attr-defined]  # the third try has started
-            threading.Event().wait(0.005)
+            client._loop.run(asyncio.sleep(0))
         assert client.cancel(request_id)
         while client.in_flight():  # on the private loop, no time passing: until the record is written
             client._loop.run(asyncio.sleep(0))
