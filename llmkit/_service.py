@@ -85,6 +85,7 @@ class Service:
         if hit is not None:  # answered from the response cache: no provider, budget, limit or breaker
             return await self._serve_hit(request, *hit, started, t0)
         attempts: list[Attempt] = []
+        paid: list[Response] = []  # each answered try (validation retries): charged however the request ends
         self.in_flight += 1
         token = None
         task = self._track()
@@ -93,15 +94,15 @@ class Service:
                 raise asyncio.CancelledError
             token = self._reserve(request)
             await self._hold(token)
-            rebudget, deadline = self._rebudget(token, request), self._deadline_at(request, t0)
+            rebudget, deadline = self._rebudget(token, request, paid), self._deadline_at(request, t0)
             response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
                 request, lambda req: self.router.route(req, attempts, deadline, rebudget),
                 lambda resp: self._finish_response(request, resp, attempts, t0), self.config.max_validation_retries,
-                lambda n, errors: self._note_retry(request, n, errors)))
+                lambda n, errors: self._note_retry(request, n, errors), paid))
             self.cache.store(request, response)  # validated answers only
         except BaseException as exc:
             closed = self._closed_error(request, exc)
-            await self._record(request, None, closed or exc, attempts, started, t0)
+            await self._record(request, None, closed or exc, attempts, started, t0, paid=paid)
             if closed is not None:
                 raise closed from None
             raise
@@ -297,9 +298,12 @@ class Service:
                                         prompt_tokens(request), request.max_tokens or DEFAULT_OUTPUT_ESTIMATE)
         return None if estimate is None else float(estimate)
 
-    def _rebudget(self, token: Reservation | None, request: Request) -> Callable[[Slot, Request], None] | None:
+    def _rebudget(self, token: Reservation | None, request: Request,
+                  paid: list[Response] | None = None) -> Callable[[Slot, Request], None] | None:
         """The budget's check before each provider is tried: the reservation moves to that provider's
-        estimate (a pricier fallback is checked again) or the request ends in ``BudgetExceededError``."""
+        estimate (a pricier fallback is checked again) or the request ends in ``BudgetExceededError``.
+        Before a validation retry's re-ask it holds what the earlier tries in ``paid`` cost plus the next
+        try's estimate (those tries reach the ledger only with the request's one record)."""
         budget = self.budget
         if token is None or budget is None:
             return None
@@ -309,7 +313,8 @@ class Service:
             nonlocal tried
             tried += 1
             if tried > 1:  # the first candidate is the one ``_reserve`` held for
-                budget.resize(token, self._estimate(slot, req.model, req))
+                estimate, spent = self._estimate(slot, req.model, req), structured.paid_usd(paid or ())
+                budget.resize(token, spent + (estimate or 0.0) if spent else estimate)
 
         return check
 
@@ -333,7 +338,7 @@ class Service:
 
     async def _record(self, request: Request, response: Response | None, exc: BaseException | None,
                       attempts: list[Attempt], started: float, t0: float, stream: bool = False,
-                      status: str = "ok", saved: float = 0.0) -> None:
+                      status: str = "ok", saved: float = 0.0, paid: list[Response] | None = None) -> None:
         now = self.wallclock()
         if response is not None:
             u = response.usage
@@ -364,8 +369,10 @@ class Service:
                 fallback=len({a.provider for a in attempts}) > 1, stream=stream, priority=request.priority,
                 metadata=request.metadata or None, prompt=self._prompt(request), session_id=self.session_id,
             )
-        if isinstance(exc, OutputValidationError) and exc.response is not None:
-            record = _charged(record, exc.response)  # answers that did not validate were still paid for
+        charged = (exc.response if isinstance(exc, OutputValidationError) and exc.response is not None
+                   else structured.paid_response(paid or ()) if exc is not None else None)
+        if charged is not None:  # answers that did not validate (or came before a timeout...) were paid for
+            record = _charged(record, charged)
         try:
             await self.ledger.append(record)
         except asyncio.CancelledError:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from . import structured
 from ._errors import InvalidRequestError
 from ._secrets import logger, redact
 from ._types import Request, Response, ToolCall, Usage
@@ -58,6 +59,7 @@ KEY_VERSION = 1  # part of every key: a change of the key's recipe starts a fres
 FORMAT_VERSION = 1  # of a stored answer
 SCHEMA_VERSION = 1  # of the SQLite file (PRAGMA user_version)
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of stored answers
+UNCACHED_FINISH = frozenset({"content_filter", "refusal", "error"})  # never stored (see ResponseCache.store)
 FILE_NAME = "cache.sqlite3"
 MODES = (True, False, "refresh")
 
@@ -818,6 +820,8 @@ class ResponseCache:
             self.warn(f"a response cache entry no longer parses ({exc}); treated as a miss and removed", request.id)
             self._quietly(backend.discard, key)
             return None
+        if not _still_valid(request, response):  # e.g. the response_model's validators changed: ask again
+            return None  # (with the usual validation retries; the fresh answer overwrites this entry)
         saved = cost or 0.0
         self.misses -= 1
         self.hits += 1
@@ -833,14 +837,18 @@ class ResponseCache:
             entry = backend.lookup(cache_key(request), self.clock())
             if entry is None or (self.ttl is not None and self.clock() - entry.created > self.ttl):
                 return False
-            decode_response(entry.payload, request)
+            response, _ = decode_response(entry.payload, request)
+            return _still_valid(request, response)
         except Exception:
             return False
-        return True
 
     def store(self, request: Request, response: Response) -> None:
-        """Keep a successful, complete answer (when this call uses the cache). Never raises."""
-        if response.cached or self.mode(request) is None:
+        """Keep a successful, complete answer (when this call uses the cache). Never raises.
+
+        An answer a content filter stopped (``finish_reason="content_filter"``, possibly partial) is not kept:
+        replaying it would repeat a refusal the provider may not make again. An answer cut at ``max_tokens``
+        is kept: the key holds ``max_tokens``, so the same call would be cut the same way."""
+        if response.cached or self.mode(request) is None or response.finish_reason in UNCACHED_FINISH:
             return
         backend = self._open()
         if backend is None:
@@ -962,6 +970,18 @@ class ResponseCache:
             fn(*args)
         except Exception as exc:
             logger.debug("response cache: %s", exc)
+
+
+def _still_valid(request: Request, response: Response) -> bool:
+    """Whether a stored answer still holds what ``request`` asks for (its ``response_model`` or schema, its
+    tools); sets ``response.parsed`` when it does. The key hashes the schema, not the model's validators."""
+    if not structured.wants_check(request):
+        return True
+    value, errors, _ = structured.check(request, response)
+    if errors is not None:
+        return False
+    response.parsed = value
+    return True
 
 
 def replay_chunks(content: str, size: int = 64) -> list[str]:

@@ -114,6 +114,7 @@ def _model_schema(model: Any) -> tuple[str, str]:
         schema = model.model_json_schema()
     except Exception as exc:  # PydanticInvalidForJsonSchema, a broken custom type, ...
         raise InvalidRequestError(f"response_model: {model.__name__} has no JSON schema: {exc}") from None
+    schema = root_object(schema)  # a recursive model: {"$ref": "#/$defs/Node", "$defs": {...}}
     if schema.get("type") != "object":
         raise InvalidRequestError(f"response_model: {model.__name__}'s schema is not an object")
     name = re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "output"
@@ -142,9 +143,27 @@ def check_response_format(fmt: Any) -> dict[str, Any]:
                                   f"got {name!r}")
     if "strict" in spec and not isinstance(spec["strict"], bool | None):
         raise InvalidRequestError(f"response_format.json_schema.strict: expected a bool, got {spec['strict']!r}")
-    check_schema(spec.get("schema"), "response_format.json_schema.schema")
-    out["json_schema"] = dict(spec)
+    schema = root_object(spec.get("schema"))
+    check_schema(schema, "response_format.json_schema.schema")
+    out["json_schema"] = {**spec, "schema": schema}
     return out
+
+
+def root_object(schema: Any) -> Any:
+    """``schema`` with a root ``$ref`` (how pydantic writes a recursive model: ``{"$ref": "#/$defs/Node",
+    "$defs": {...}}``) replaced by what it points to, merged with the root's other keys; ``$defs`` stay, as
+    the inner ``$ref``s (and OpenAI's strict mode) need them. Anything else is returned unchanged."""
+    seen: set[str] = set()
+    while isinstance(schema, Mapping) and isinstance(schema.get("$ref"), str) and schema["$ref"] not in seen:
+        seen.add(schema["$ref"])
+        try:
+            target = resolve_ref(schema, schema["$ref"])
+        except LookupError:
+            return schema  # check_schema says what is wrong
+        if not isinstance(target, Mapping):
+            return schema
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
 
 
 def check_schema(schema: Any, where: str) -> None:
@@ -195,9 +214,11 @@ def check_tools(tools: Any) -> list[Any]:
         names.add(name)
         if "description" in fn and not isinstance(fn["description"], str | None):
             raise InvalidRequestError(f"tools[{i}].function.description: expected a string")
+        fn = dict(fn)
         if fn.get("parameters") is not None:
+            fn["parameters"] = root_object(fn["parameters"])  # e.g. a recursive model's schema
             check_schema(fn["parameters"], f"tools[{i}].function.parameters")
-        out.append({**tool, "function": dict(fn)})
+        out.append({**tool, "function": fn})
     if not out:
         raise InvalidRequestError("tools: expected at least one tool, got an empty list (leave tools out instead)")
     return out
@@ -484,20 +505,25 @@ Call = Callable[[Request], Awaitable[Response]]
 
 
 async def complete(request: Request, call: Call, finish: Callable[[Response], None], default_retries: int,
-                   on_retry: Callable[[int, list[Any]], None] | None = None) -> Response:
+                   on_retry: Callable[[int, list[Any]], None] | None = None,
+                   paid: list[Response] | None = None) -> Response:
     """``call`` (the routing of one try), then check the answer; ask again on a failed check.
 
     ``finish`` stamps and prices each try's response (usage, cost, attempts). The returned response is
     the last try's, with ``parsed`` set and the usage and cost of every try summed. After
     ``max_validation_retries`` failed retries: ``OutputValidationError`` carrying the same summed response.
+    ``paid`` (the caller's list) receives each answered try as it comes, so a request that ends otherwise
+    (its deadline, a cancel, a later provider error, the budget refusing a re-ask) can still be charged
+    for them (``paid_response``), and the budget can count them before a re-ask.
     """
+    tries: list[Response] = [] if paid is None else paid
     if not wants_check(request):
         response = await call(request)
         finish(response)
+        tries.append(response)
         return response
     retries = request.max_validation_retries
     retries = default_retries if retries is None else retries
-    tries: list[Response] = []
     current = request
     while True:
         response = await call(current)
@@ -545,10 +571,24 @@ def apply(request: Request, response: Response) -> Response:
 
 
 def merge(tries: Sequence[Response]) -> Response:
-    """The last try, carrying the tokens and cost of all of them."""
-    last = tries[-1]
+    """The last try (itself, or a copy when there were several) carrying the tokens and cost of all of them."""
     if len(tries) == 1:
-        return last
+        return tries[-1]
+    usage, cost = _summed(tries)
+    return dataclasses.replace(tries[-1], usage=usage, cost_usd=cost)
+
+
+def paid_response(tries: Sequence[Response]) -> Response | None:
+    """What the tries so far were charged, as one response (``merge``); None when nothing answered yet."""
+    return merge(tries) if tries else None
+
+
+def paid_usd(tries: Sequence[Response]) -> float:
+    """What the tries so far cost (an unpriced try counts 0)."""
+    return sum(r.cost_usd for r in tries if r.cost_usd is not None)
+
+
+def _summed(tries: Sequence[Response]) -> tuple[Usage, float | None]:
     total = Usage()
     for r in tries:
         u = r.usage
@@ -559,10 +599,8 @@ def merge(tries: Sequence[Response]) -> Response:
         total.reasoning_tokens += u.reasoning_tokens
         total.estimated |= u.estimated
         total.suspect |= u.suspect
-    last.usage = total
     costs = [r.cost_usd for r in tries]
-    last.cost_usd = None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
-    return last
+    return total, None if any(c is None for c in costs) else sum(c for c in costs if c is not None)
 
 
 __all__ = ["DEFAULT_MAX_VALIDATION_RETRIES", "apply", "check", "complete", "finish_stream", "openai_format",
