@@ -395,7 +395,7 @@ class Client:
         """Attempts, retries, fallbacks, breaker transitions, waits and health checks, oldest first."""
         from .frames import events_frame
 
-        return events_frame(self._service.events.snapshot(kind))
+        return events_frame(self._service.events.snapshot(kind), kind)
 
     def event_list(self, kind: str | None = None) -> list[Event]:
         return self._service.events.snapshot(kind)
