@@ -27,7 +27,7 @@ def test_the_readme_snippet_works_before_redis_ever_went_down() -> None:
         client.completion("gpt-4o", [{"role": "user", "content": "hi"}])
         table = client.events("shared_state")[["time", "state", "error"]]
         assert table.empty
-        assert list(client.events("breaker").columns) == BASE + ["old", "new", "shared"]
+        assert list(client.events("breaker").columns) == [*BASE, "old", "new", "shared"]
 
 
 def test_events_of_a_kind_keep_the_fixed_columns_first_and_extra_keys_after() -> None:
