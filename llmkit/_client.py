@@ -41,20 +41,33 @@ class _Results:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._futures: dict[str, concurrent.futures.Future[Response]] = {}
+        self._reserved = 0  # slots taken by submissions between reserve() and add()/release()
         self._lock = threading.Lock()
 
     def reserve(self) -> None:
-        """Raise ``ResultLimitError`` when ``limit`` results are already waiting to be fetched."""
-        if len(self._futures) >= self.limit:
-            from ._errors import ResultLimitError
+        """Take one slot, or raise ``ResultLimitError`` when ``limit`` results are already waiting to be
+        fetched. Check and take happen under one lock, so concurrent submitters never pass the limit;
+        the slot is handed to ``add`` or given back with ``release``."""
+        with self._lock:
+            held = len(self._futures) + self._reserved
+            if held >= self.limit:
+                from ._errors import ResultLimitError
 
-            raise ResultLimitError(
-                f"{len(self._futures)} results of completion_async are waiting to be fetched (max_results="
-                f"{self.limit}); fetch some with get_result() first, or raise max_results")
+                raise ResultLimitError(
+                    f"{held} results of completion_async are waiting to be fetched (max_results="
+                    f"{self.limit}); fetch some with get_result() first, or raise max_results")
+            self._reserved += 1
 
     def add(self, request_id: str, future: concurrent.futures.Future[Response]) -> None:
+        """Fill a slot taken by ``reserve``."""
         with self._lock:
+            self._reserved -= 1
             self._futures[request_id] = future
+
+    def release(self) -> None:
+        """Give back a slot taken by ``reserve`` whose submission failed."""
+        with self._lock:
+            self._reserved -= 1
 
     def __len__(self) -> int:
         return len(self._futures)
@@ -184,8 +197,12 @@ class Client:
         """Queue a request and return its id at once; fetch it with ``get_result``."""
         request = self._request(model, messages, **kwargs)
         self._results.reserve()
-        self._service.note_submitted()
-        future = self._loop.submit(self._service.execute(request, submitted=True))
+        try:
+            self._service.note_submitted()
+            future = self._loop.submit(self._service.execute(request, submitted=True))
+        except BaseException:
+            self._results.release()
+            raise
         self._results.add(request.id, future)
         return request.id
 
@@ -388,7 +405,7 @@ class Client:
         """Attempts, retries, fallbacks, breaker transitions, waits and health checks, oldest first."""
         from .frames import events_frame
 
-        return events_frame(self._service.events.snapshot(kind))
+        return events_frame(self._service.events.snapshot(kind), kind)
 
     def event_list(self, kind: str | None = None) -> list[Event]:
         return self._service.events.snapshot(kind)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._adapters import BUILTIN_ADAPTERS, PRESETS
 from ._errors import ConfigError
-from ._secrets import hide_userinfo, mask, redact, register_header, register_secret, register_url_credentials
+from ._secrets import hide_url_secrets, mask, redact, register_header, register_secret, register_url_credentials
 
 DEFAULT_BASE_URLS = {
     "openai": "https://api.openai.com/v1",
@@ -169,7 +169,7 @@ class _Where:
 
 
 def _hidden_url(url: str | None) -> str | None:
-    return None if url is None else hide_userinfo(url)
+    return None if url is None else hide_url_secrets(url)
 
 
 def _show(value: Any) -> str:

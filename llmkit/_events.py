@@ -26,7 +26,27 @@ KINDS = (
     "request",          # request finished: status, error_type
     "cache_warning",    # the response cache could not be used for a call (a miss instead): message
     "shared_state",     # Redis behind shared state went away ("down": local state decides) or came back ("up")
+    "outage_wait",      # model, waited_s, error (every provider was down: waiting for one to come back)
+    "validation_retry",  # retry, errors (a structured answer failed validation and is asked again)
 )
+
+#: The detail columns ``client.events(kind)`` always has for a kind, even before any such event happened
+#: (in the order they are emitted; a detail key not listed here still gets a column when it shows up).
+DETAIL_KEYS: dict[str, tuple[str, ...]] = {
+    "attempt": ("model", "outcome", "error", "duration_s", "retry"),
+    "retry": ("model", "error", "sleep_s", "retry"),
+    "fallback": ("model", "to_provider", "to_model", "error"),
+    "breaker": ("old", "new", "shared"),
+    "rate_limit_wait": ("waited_s",),
+    "queue_wait": ("waited_s",),
+    "provider_pause": ("pause_s",),
+    "health_check": ("ok", "error", "error_message", "duration_s"),
+    "request": ("status", "error_type", "cost_usd", "latency_s", "call"),
+    "cache_warning": ("message",),
+    "shared_state": ("state", "error", "error_message", "retry_s", "resumed"),
+    "outage_wait": ("model", "waited_s", "error"),
+    "validation_retry": ("retry", "errors"),
+}
 
 
 @dataclass(slots=True)

@@ -7,8 +7,10 @@ anything shaped like a provider key, such as the partial keys OpenAI echoes in 4
 A secret is also registered in the forms other code prints it in: escaped as ``repr`` of a str or of
 bytes shows it (httpx's "Illegal header value b'Bearer sk-...\\t...'"), JSON-escaped, percent-encoded,
 and (when it holds control characters) its long printable pieces. Credentials in a URL
-(``https://user:password@host``) and the values of custom headers that carry keys (``authorization``,
-``api-key``, ``x-...-token``...) are registered too, and ``redact`` hides any URL's ``user:password@``.
+(``https://user:password@host``), in a URL's query string (``?api_key=``, ``?key=``, ``?token=``,
+``?sig=``...) and the values of custom headers that carry keys (``authorization``, ``api-key``,
+``x-...-token``...) are registered too, and ``redact`` hides any URL's ``user:password@`` and the values
+of its credential-named query parameters.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import logging
 import os
 import re
 import threading
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -32,6 +34,12 @@ _KEY_SHAPES = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_\-*]{6,}")
 _URL_USERINFO = re.compile(r"(?<=://)[^\s/?#@'\"<>]+@")
 # Header names whose values are credentials.
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|passw|cookie|session|signature|credential", re.IGNORECASE)
+# Query parameters whose values are credentials (api_key, key, token, sig, signature, access_token...).
+_SECRET_PARAM = re.compile(r"key|token|sig|secret|passw|auth|credential|session|cookie", re.IGNORECASE)
+# A URL query parameter (after ? & or ;) named like a credential, and its value.
+_URL_QUERY_SECRET = re.compile(
+    r"(?<=[?&;])([A-Za-z0-9_.\-]*(?:key|token|sig|secret|passw|auth|credential|session|cookie)[A-Za-z0-9_.\-]*=)"
+    r"[^&#;\s'\"<>]+", re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f\\'\"]+")
 
 
@@ -70,9 +78,21 @@ def register_header(name: str, value: str | None) -> None:
 
 
 def register_url_credentials(url: str | None) -> None:
-    """Register the ``user:password`` of ``url`` (as written, decoded, and as a Basic auth value)."""
+    """Register the ``user:password`` of ``url`` (as written, decoded, and as a Basic auth value), and the
+    values of its credential-named query parameters (``?api_key=...``, ``?token=...``, ``?sig=...``)."""
     if not url:
         return
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        query = url.partition("?")[2]
+    for name, value in parse_qsl(query, keep_blank_values=False):
+        if _SECRET_PARAM.search(name):
+            register_secret(value)
+    for pair in re.split(r"[&;]", query):  # and each value as written (percent-encoded)
+        name, _, value = pair.partition("=")
+        if _SECRET_PARAM.search(name):
+            register_secret(value)
     _, credentials = split_userinfo(url)
     if credentials is None:
         return
@@ -103,6 +123,13 @@ def hide_userinfo(text: str) -> str:
     return _URL_USERINFO.sub("***@", text) if "@" in text else text
 
 
+def hide_url_secrets(text: str) -> str:
+    """``text`` with every URL's ``user:password@`` and credential-named query values replaced by ``***``."""
+    if "=" in text:
+        text = _URL_QUERY_SECRET.sub(r"\1***", text)
+    return hide_userinfo(text)
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret and key-shaped token replaced by ``***``."""
     if not text:
@@ -110,7 +137,7 @@ def redact(text: str) -> str:
     pattern = _pattern
     if pattern is not None:
         text = pattern.sub("***", text)
-    return hide_userinfo(_KEY_SHAPES.sub("***", text))
+    return hide_url_secrets(_KEY_SHAPES.sub("***", text))
 
 
 def mask(value: str | None) -> str | None:

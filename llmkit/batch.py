@@ -546,6 +546,9 @@ def _prepare(client: Client, inputs: Any, model: str, prompt: str | None, system
         if not has_structured:
             raise InvalidRequestError("response_model: this llmkit has no structured output yet; "
                                       "nothing was sent")
+        from .structured import check_model
+
+        check_model(response_model)  # the same for every row: refused once, before anything is sent
         call["response_model"] = response_model
     candidates = client._service.router.candidates(model, call.get("provider"))  # NoProviderError before I/O
     progress = BatchProgress(0)

@@ -892,22 +892,28 @@ class ResponseCache:
     # -- management ----------------------------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """hits, misses, entries, size_bytes, saved_usd (hits/misses/saved: this client's; the rest: the file's)."""
+        """hits, misses, entries, size_bytes, saved_usd (hits/misses/saved: this client's; the rest: the file's),
+        path, and warning: why the store cannot be used right now (None when it can)."""
         entries = size = 0
+        warning = None
         backend = self._open()
         if backend is not None:
             try:
                 stats = backend.info()
                 entries, size = stats["entries"], stats["size_bytes"]
             except Exception as exc:
-                self.warn(f"the response cache {backend.location} could not be read ({redact(str(exc))})", None)
+                warning = f"the response cache {backend.location} could not be read ({redact(str(exc))})"
+                self.warn(warning, None)
+        elif self._broken is not None:
+            warning = f"the response cache cannot be used: {redact(self._broken)}"
         return {"hits": self.hits, "misses": self.misses, "entries": entries, "size_bytes": size,
-                "saved_usd": round(self.saved_usd, 12), "path": self._where()}
+                "saved_usd": round(self.saved_usd, 12), "path": self._where(), "warning": warning}
 
     def clear(self) -> None:
         """Remove every entry of the cache (for every client on the file) and reset this client's counts.
 
-        A file that is not a usable cache is deleted and started afresh."""
+        A file that is not a usable cache is deleted and started afresh. A store that cannot be reached
+        (Redis away) is left as it is: a ``cache_warning`` event, never an error."""
         with self._open_lock:
             if self._broken is not None and isinstance(self.location, (str, os.PathLike)):
                 remove_files(Path(self.location).expanduser())
@@ -915,7 +921,11 @@ class ResponseCache:
                 self._warned.clear()
         backend = self._open()
         if backend is not None:
-            backend.clear()
+            try:
+                backend.clear()
+            except Exception as exc:
+                self.warn(f"the response cache {backend.location} could not be cleared ({redact(str(exc))}); "
+                          "its entries are left as they were", None)
         self.hits = self.misses = 0
         self.saved_usd = 0.0
 

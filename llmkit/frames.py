@@ -475,12 +475,19 @@ def health_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def events_frame(events: list[Event]) -> pd.DataFrame:
+def events_frame(events: list[Event], kind: str | None = None) -> pd.DataFrame:
     """Events as rows: seq, time (UTC), kind, provider, request_id, then one column per detail key
-    (a detail key that clashes with those five is prefixed ``detail_``)."""
+    (a detail key that clashes with those five is prefixed ``detail_``). Events of one ``kind`` always
+    have that kind's detail columns (``_events.DETAIL_KEYS``), even when no such event happened."""
+    from ._events import DETAIL_KEYS
+
+    fixed = DETAIL_KEYS.get(kind, ()) if kind is not None else ()
     if not events:
-        return _empty(EVENT_COLUMNS)
-    keys = list(dict.fromkeys(k for e in events for k in e.detail))
+        columns = dict(EVENT_COLUMNS)
+        for key in fixed:
+            columns[f"detail_{key}" if key in EVENT_COLUMNS else key] = object
+        return _empty(columns)
+    keys = list(dict.fromkeys([*fixed, *(k for e in events for k in e.detail)]))
     data: dict[str, Any] = {
         "seq": pd.array([e.seq for e in events], dtype="int64"),
         "time": _utc([e.time for e in events]),

@@ -193,7 +193,7 @@ def test_the_memory_backend(tmp_path: Path) -> None:
         assert client.cache_info()["entries"] == 1
         client.clear_cache()
         assert client.cache_info() == {"hits": 0, "misses": 0, "entries": 0, "size_bytes": 0, "saved_usd": 0.0,
-                                       "path": ":memory:"}
+                                       "path": ":memory:", "warning": None}
         assert client.completion(MODEL, MSG).cached is False
 
 
