@@ -4,10 +4,13 @@ Validation, routing, the concurrency gate, rate-limit check, breaker, tenacity r
 config override), the ledger (memory) and events, for every request; the mock answers at once. Ways
 in: ``acompletion`` gathered in batches from the caller's event loop, ``completion_async`` +
 ``get_result`` from a thread, and sequential ``completion``. A diagnostic row runs the pipeline on
-llmkit's own loop (no thread hop) to show what the hop costs. Goal: 10,000 requests/s.
+llmkit's own loop (no thread hop) to show what the hop costs. Goal: 20,000 requests/s.
+A long run sends many requests through one client (acompletion batches) and compares req/s and RSS
+at the end with the start (1,000,000 with ``--long``).
 
     python benchmarks/bench_pipeline.py             # ~40 s
     python benchmarks/bench_pipeline.py --quick     # CI smoke run
+    python benchmarks/bench_pipeline.py --long      # the long run at 1,000,000 requests (minutes)
     python benchmarks/bench_pipeline.py --profile   # + cProfile of the loop thread: top functions
 """
 
@@ -26,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import MESSAGES, MODEL, goal, machine, print_goals, table, write_json
 
-GOAL_RPS = 10_000
+GOAL_RPS = 20_000  # issue 16
 PROVIDER = {"name": "mock", "adapter": "mock", "models": ["*"],
             "pricing": {MODEL: {"input": 0.15, "output": 0.6}}}
 
@@ -97,6 +100,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results[name].append(rps)
             cpu[name].append((time.process_time() - c0) / (rps * wall))  # CPU seconds per request
     unfetched = unfetched_results(client, args.unfetched)
+    client.close()
+    client = llmkit.Client(providers=[PROVIDER], ledger=None, health_interval=None)
+    long_rates, long_rss = long_run(client, runner, args.long_n, batch)
     profile_text = None
     if args.profile:
         profile_text = profile(client, runner, n, batch)
@@ -121,9 +127,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           + " ".join(f"{r:,.0f}" for r in unfetched))
     goals.append(goal(f"completion_async, {args.unfetched:,} unfetched: last tenth vs first", "≥ 90%",
                       f"{last / first:.0%}", last >= 0.9 * first))
+    print(f"\n{args.long_n:,} requests through one client (acompletion batches of {batch}), per tenth:")
+    print("  req/s: " + " ".join(f"{r:,.0f}" for r in long_rates))
+    print("  RSS MB: " + " ".join(f"{r / 2**20:,.0f}" for r in long_rss))
+    start, end = statistics.median(long_rates[:3]), statistics.median(long_rates[-3:])
+    goals.append(goal(f"{args.long_n:,} requests in one process: req/s, last 3 tenths vs first 3 (medians)",
+                      "≥ 90%", f"{end / start:.0%}", end >= 0.9 * start))
+    half, final = long_rss[len(long_rss) // 2 - 1], long_rss[-1]
+    goals.append(goal(f"{args.long_n:,} requests in one process: RSS growth over the second half", "≤ 10%",
+                      f"{half / 2**20:,.0f} -> {final / 2**20:,.0f} MB ({final / half - 1:+.0%})", final <= 1.1 * half))
     print_goals(goals)
     return {"benchmark": "pipeline", "machine": machine(), "results": results, "unfetched": unfetched,
-            "goals": goals}
+            "long": {"n": args.long_n, "rates": long_rates, "rss": long_rss}, "goals": goals}
+
+
+def rss_bytes() -> int:
+    """This process's resident set size now (Linux /proc; 0 where that is not available)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def long_run(client: Any, runner: asyncio.Runner, total: int, batch: int) -> tuple[list[float], list[int]]:
+    """``total`` requests through one client in acompletion batches; req/s and RSS after each tenth."""
+    chunk = max(batch, total // 10)
+
+    async def go() -> tuple[list[float], list[int]]:
+        rates, rss = [], []
+        for _ in range(10):
+            t = time.perf_counter()
+            for _ in range(chunk // batch):
+                await asyncio.gather(*(client.acompletion(model=MODEL, messages=MESSAGES) for _ in range(batch)))
+            rates.append((chunk // batch) * batch / (time.perf_counter() - t))
+            rss.append(rss_bytes())
+        return rates, rss
+    return runner.run(go())
 
 
 def unfetched_results(client: Any, total: int) -> list[float]:
@@ -175,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--unfetched", type=int, default=100_000, help="completion_async results held unfetched")
+    parser.add_argument("--long-n", type=int, default=200_000, help="requests of the long run (one client)")
+    parser.add_argument("--long", action="store_true", help="the long run at 1,000,000 requests")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.rounds, args.unfetched = 2_000, 1, 5_000
+        args.n, args.rounds, args.unfetched, args.long_n = 2_000, 1, 5_000, 20_000
+    if args.long:
+        args.long_n = 1_000_000
     write_json(args.json, run(args))
     return 0
 

@@ -8,7 +8,8 @@ The commands it runs (each also works on its own; ``--help`` lists their options
 
     python benchmarks/bench_overhead.py     # per-call overhead vs raw httpx (and LiteLLM), sequential
     python benchmarks/bench_throughput.py   # req/s at 1, 10, 50 callers vs raw httpx and LiteLLM's Router
-    python benchmarks/bench_pipeline.py     # req/s through the whole pipeline on the mock adapter
+    python benchmarks/bench_pipeline.py     # req/s through the whole pipeline on the mock adapter (--long: 1M)
+    python benchmarks/bench_scale.py        # 1,000 concurrent callers on a 200 ms server, no rate limit
     python benchmarks/bench_import.py       # import llmkit vs httpx vs litellm
     python benchmarks/bench_cache.py        # response cache: hit vs miss, lookup cost, hits/s, a 100k-entry file
     python benchmarks/bench_embed.py        # client.embed of a column vs a hand-written httpx batch loop
@@ -35,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import HERE, machine, met_text
 
-BENCHMARKS = ("overhead", "throughput", "pipeline", "import", "ledger", "cache", "batch", "embed", "shared")
+BENCHMARKS = ("overhead", "throughput", "pipeline", "scale", "import", "ledger", "cache", "batch", "embed", "shared")
 README = HERE / "README.md"
 START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 

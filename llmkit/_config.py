@@ -74,7 +74,7 @@ class ProviderConfig:
     timeout: float = 60.0
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     pricing: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-    max_concurrency: int = 128  # a safety net: rate limits pace a batch (was 32, which throttled real providers)
+    max_concurrency: int = 1024  # a safety net: rate limits pace a batch; connection pools are made lazily
     headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
     max_response_bytes: int = 32 * 1024 * 1024  # a body or stream beyond this fails (decoded bytes)
@@ -303,7 +303,7 @@ def parse_provider(raw: Any, index: int, source: str | None = None) -> ProviderC
     else:
         raise where.error("breaker", "a table {fail_max, reset_timeout}", breaker_raw)
     pricing = _parse_pricing(raw.get("pricing") or {}, where)
-    max_conc = _positive_int(raw.get("max_concurrency", 128), where, "max_concurrency")
+    max_conc = _positive_int(raw.get("max_concurrency", 1024), where, "max_concurrency")
     max_bytes = _positive_int(raw.get("max_response_bytes", 32 * 1024 * 1024), where, "max_response_bytes")
     headers = raw.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(v, str) for v in headers.values()):

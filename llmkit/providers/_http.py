@@ -298,6 +298,7 @@ class HTTPProvider(Provider):
         #: ``?api-version=...`` from ``base_url`` (Azure and gateways): kept on every request.
         self.base_query = query.partition("#")[0]
         self._pools: list[list[Any]] = []
+        self._verify: Any = False
         self._client_loop: asyncio.AbstractEventLoop | None = None
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -324,35 +325,48 @@ class HTTPProvider(Provider):
         return self._shards()[0][0]
 
     def _shards(self) -> list[list[Any]]:
-        """The provider's connection pools, as ``[client, requests in flight]`` pairs.
+        """The provider's connection pools made so far, as ``[client, requests in flight, size]`` lists.
 
         ``max_concurrency`` connections are split over pools of at most ``SHARD_CONNECTIONS``: httpcore's
         pool does work for every connection it holds on each request it queues and releases
         (encode/httpcore#1035), so at 32 concurrent requests one 32-connection pool costs about three
         times the CPU per request of eight 4-connection pools, for the same connections in total.
+        Pools are made lazily (:meth:`_lease` adds one when every pool made so far is full), so a large
+        ``max_concurrency`` (a safety net) costs nothing until that many requests are in flight.
         """
         loop = asyncio.get_running_loop()
         pools = self._pools
         if not pools or self._client_loop is not loop or pools[0][0].is_closed:
             old_loop = self._client_loop
-            for old, _ in pools:
+            for old, *_ in pools:
                 if old_loop is not None and old_loop is not loop and old_loop.is_running():
                     asyncio.run_coroutine_threadsafe(old.aclose(), old_loop)  # close it where it lives
-            n = self.config.max_concurrency
             # a plain-http server (a local model) never needs TLS; https pools share one TLS context
-            verify: Any = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
-            sizes = [min(SHARD_CONNECTIONS, n - i) for i in range(0, n, SHARD_CONNECTIONS)]
-            auth = httpx.BasicAuth(*self._credentials) if self._credentials is not None else None
-            pools = [[httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(None), verify=verify, auth=auth,
-                                        limits=httpx.Limits(max_connections=k, max_keepalive_connections=k)), 0]
-                     for k in sizes]
-            self._pools, self._client_loop = pools, loop
+            self._verify = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
+            self._pools, self._client_loop = [], loop
+            pools = self._pools
+            self._add_shard()
         return pools
+
+    def _add_shard(self) -> list[Any] | None:
+        """One more pool of at most ``SHARD_CONNECTIONS`` (None once ``max_concurrency`` connections exist)."""
+        made = sum(s[2] for s in self._pools)
+        size = min(SHARD_CONNECTIONS, self.config.max_concurrency - made)
+        if size <= 0:
+            return None
+        auth = httpx.BasicAuth(*self._credentials) if self._credentials is not None else None
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        shard = [httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(None), verify=self._verify,
+                                   auth=auth, limits=limits), 0, size]
+        self._pools.append(shard)
+        return shard
 
     @contextlib.contextmanager
     def _lease(self) -> Iterator[httpx.AsyncClient]:
-        """The least busy pool, for one request."""
+        """The least busy pool, for one request (a new pool when every one is full and the cap allows)."""
         shard = min(self._shards(), key=lambda s: s[1])
+        if shard[1] >= shard[2]:
+            shard = self._add_shard() or shard
         shard[1] += 1
         try:
             yield shard[0]
@@ -360,7 +374,7 @@ class HTTPProvider(Provider):
             shard[1] -= 1
 
     def prepare(self) -> None:
-        """Build the connection pools now (TLS setup costs tens of ms), not inside the first call's timeout."""
+        """Build the first connection pool now (TLS setup costs tens of ms), not inside the first call's timeout."""
         self._shards()
 
     def client_if_any(self) -> httpx.AsyncClient | None:
@@ -369,7 +383,7 @@ class HTTPProvider(Provider):
 
     async def aclose(self) -> None:
         pools, self._pools = self._pools, []
-        for client, _ in pools:
+        for client, *_ in pools:
             if not client.is_closed:
                 try:
                     await client.aclose()

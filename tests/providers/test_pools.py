@@ -1,36 +1,86 @@
-"""A provider's connections are spread over small httpx pools, and requests go to the least busy one."""
+"""A provider's connections are spread over small httpx pools, made lazily, and requests go to the least busy one."""
 
 from __future__ import annotations
 
 import asyncio
+
+import pytest
 
 from llmkit._config import parse_provider
 from llmkit.providers.openai import OpenAIProvider
 from llmkit.testing import FakeOpenAIServer
 
 
-def test_max_concurrency_is_split_over_small_pools_and_requests_spread() -> None:
+def _provider(url: str, cap: int | None) -> OpenAIProvider:
+    raw = {"name": "p", "adapter": "openai", "api_key": "sk-test-pools", "base_url": url}
+    if cap is not None:
+        raw["max_concurrency"] = cap
+    return OpenAIProvider(parse_provider(raw, 0))
+
+
+def _sizes(provider: OpenAIProvider) -> list[int]:
+    return [client._transport._pool._max_connections for client, *_ in provider._pools]
+
+
+async def _in_flight(provider: OpenAIProvider, requests: int) -> tuple[list[int], list[int]]:
+    """Start ``requests`` calls at once; the pools' sizes and requests in flight while all wait for the server."""
+
+    async def one() -> None:
+        await provider._post_json("/chat/completions", {"model": "m", "messages": []})
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(requests)]
+    await asyncio.sleep(0)  # every task has taken its lease and is waiting for the server
+    flights = [shard[1] for shard in provider._pools]
+    sizes = _sizes(provider)
+    await asyncio.gather(*tasks)
+    return sizes, flights
+
+
+@pytest.mark.timeout(30)
+def test_pools_are_made_only_when_every_pool_is_full_and_never_past_the_cap() -> None:
     with FakeOpenAIServer(reply="hi", latency=0.05) as server:
-        config = parse_provider({"name": "p", "adapter": "openai", "api_key": "sk-test-pools",
-                                 "base_url": server.url, "max_concurrency": 10}, 0)
-        provider = OpenAIProvider(config)
+        provider = _provider(server.url, 10)
 
-        async def run() -> tuple[list[int], int, int]:
-            pools = provider._shards()
-            sizes = [client._transport._pool._max_connections for client, _ in pools]
-            busiest = 0
-
-            async def one() -> None:
-                await provider._post_json("/chat/completions", {"model": "m", "messages": []})
-
-            tasks = [asyncio.ensure_future(one()) for _ in range(6)]
-            await asyncio.sleep(0)  # every task has taken its lease and is waiting for the server
-            busiest = max(n for _, n in pools)
-            in_flight = sum(n for _, n in pools)
-            await asyncio.gather(*tasks)
+        async def run() -> tuple[list[int], tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+            provider.prepare()
+            first = _sizes(provider)
+            six = await _in_flight(provider, 6)
+            twelve = await _in_flight(provider, 12)
             await provider.aclose()
-            return sizes, busiest, in_flight
+            return first, six, twelve
 
-        sizes, busiest, in_flight = asyncio.run(run())
-    assert sizes == [4, 4, 2]
-    assert in_flight == 6 and busiest == 2  # six requests over three pools: two each
+        first, (sizes6, flights6), (sizes12, flights12) = asyncio.run(run())
+    assert first == [4]  # prepare() makes one pool, not max_concurrency / 4
+    assert sizes6 == [4, 4] and flights6 == [4, 2]  # a second pool only once the first is full
+    assert sizes12 == [4, 4, 2]  # 10 connections at most, in pools of at most 4
+    assert sum(flights12) == 12 and max(flights12) == 4  # past the cap: queued on the least busy pool
+
+
+@pytest.mark.timeout(30)
+def test_a_large_cap_costs_one_pool_until_requests_need_more() -> None:
+    with FakeOpenAIServer(reply="hi") as server:
+        provider = _provider(server.url, 4096)
+
+        async def run() -> tuple[int, int]:
+            provider.prepare()
+            made = len(provider._pools)
+            await _in_flight(provider, 3)
+            after = len(provider._pools)
+            await provider.aclose()
+            return made, after
+
+        assert asyncio.run(run()) == (1, 1)
+
+
+@pytest.mark.timeout(30)
+def test_a_new_loop_gets_fresh_pools() -> None:
+    with FakeOpenAIServer(reply="hi") as server:
+        provider = _provider(server.url, 8)
+
+        async def run() -> object:
+            await _in_flight(provider, 6)
+            return provider._pools[0][0]
+
+        first = asyncio.run(run())
+        second = asyncio.run(run())
+    assert first is not second and len(provider._pools) == 2
