@@ -149,14 +149,15 @@ class MockProvider(Provider):
             return _from_callable(self.config.reply(request))
         if self._replies and (not isinstance(self._replies, dict) or _prompt(request) in self._replies):
             return self._reply_for(request), []
-        rng = self._request_rng(request)
-        calls = _tool_calls(request, rng)
-        if calls:
-            return "", calls
-        named = structured.output_schema(request.extra.get("response_format"))
+        extra = request.extra
+        if extra.get("tools"):  # the generator is built only when a tool call or a schema needs it
+            calls = _tool_calls(request, self._request_rng(request))
+            if calls:
+                return "", calls
+        named = structured.output_schema(extra.get("response_format")) if "response_format" in extra else None
         if named is not None:
-            return json.dumps(instance(named[1], rng), ensure_ascii=False), []
-        fmt = request.extra.get("response_format")
+            return json.dumps(instance(named[1], self._request_rng(request)), ensure_ascii=False), []
+        fmt = extra.get("response_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return json.dumps({"answer": self._reply_for(request)}), []
         if request.messages and request.messages[-1].get("role") == "tool":
