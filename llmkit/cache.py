@@ -631,59 +631,12 @@ def open_backend(location: str | os.PathLike[str] | CacheBackend) -> CacheBacken
     return _Shared(backend)
 
 
-class _Shared:
-    """One client's hold on a shared ``SQLiteCache``: closing it releases the hold; the last one closes the file."""
+class _Delegate:
+    """A backend handed through to ``self.backend``; ``lookup_many``/``store_many`` fall back to one call per
+    key on backends without them (a user's own)."""
 
-    def __init__(self, backend: SQLiteCache) -> None:
-        self.backend = backend
-        self.location = backend.location
-        self._released = False
-
-    def lookup(self, key: str, now: float) -> Entry | None:
-        return self.backend.lookup(key, now)
-
-    def lookup_many(self, keys: list[str], now: float) -> list[Entry | None]:
-        return self.backend.lookup_many(keys, now)
-
-    def store(self, key: str, entry: Entry, *, ttl: float | None = None, max_bytes: int | None = None) -> None:
-        self.backend.store(key, entry, ttl=ttl, max_bytes=max_bytes)
-
-    def store_many(self, items: list[tuple[str, Entry]], *, ttl: float | None = None,
-                   max_bytes: int | None = None) -> None:
-        self.backend.store_many(items, ttl=ttl, max_bytes=max_bytes)
-
-    def discard(self, key: str) -> None:
-        self.backend.discard(key)
-
-    def clear(self) -> None:
-        self.backend.clear()
-
-    def info(self) -> dict[str, Any]:
-        return self.backend.info()
-
-    def flush(self) -> None:
-        self.backend.flush()
-
-    def close(self) -> None:
-        if self._released:
-            return
-        self._released = True
-        backend = self.backend
-        with _backends_lock:
-            backend.users -= 1
-            last = backend.users <= 0
-            if last and _backends.get((os.getpid(), backend.location)) is backend:
-                del _backends[(os.getpid(), backend.location)]
-        if last:
-            backend.close()
-
-
-class _Borrowed:
-    """A backend the user passed in (``Client(cache=MyBackend())``): every call goes to it; closing is theirs."""
-
-    def __init__(self, backend: CacheBackend) -> None:
-        self.backend = backend
-        self.location = str(getattr(backend, "location", type(backend).__name__))
+    backend: Any
+    location: str
 
     def lookup(self, key: str, now: float) -> Entry | None:
         return self.backend.lookup(key, now)
@@ -706,6 +659,41 @@ class _Borrowed:
 
     def info(self) -> dict[str, Any]:
         return self.backend.info()
+
+
+class _Shared(_Delegate):
+    """One client's hold on a shared ``SQLiteCache``: closing it releases the hold; the last one closes the file."""
+
+    backend: SQLiteCache
+
+    def __init__(self, backend: SQLiteCache) -> None:
+        self.backend = backend
+        self.location = backend.location
+        self._released = False
+
+    def flush(self) -> None:
+        self.backend.flush()
+
+    def close(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        backend = self.backend
+        with _backends_lock:
+            backend.users -= 1
+            last = backend.users <= 0
+            if last and _backends.get((os.getpid(), backend.location)) is backend:
+                del _backends[(os.getpid(), backend.location)]
+        if last:
+            backend.close()
+
+
+class _Borrowed(_Delegate):
+    """A backend the user passed in (``Client(cache=MyBackend())``): every call goes to it; closing is theirs."""
+
+    def __init__(self, backend: CacheBackend) -> None:
+        self.backend = backend
+        self.location = str(getattr(backend, "location", type(backend).__name__))
 
     def close(self) -> None:
         pass
