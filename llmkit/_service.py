@@ -373,14 +373,19 @@ class Service:
                    else structured.paid_response(paid or ()) if exc is not None else None)
         if charged is not None:  # answers that did not validate (or came before a timeout...) were paid for
             record = _charged(record, charged)
+        await self.commit(record)
+
+    async def commit(self, record: LedgerRecord, **event: Any) -> None:
+        """Write a finished request's record (a failing ledger never turns an answer into a failure) and emit
+        its ``request`` event (``event``: extra fields, e.g. ``call="embedding"``)."""
         try:
             await self.ledger.append(record)
         except asyncio.CancelledError:
             raise
-        except Exception as err:  # the ledger must never turn an answer into a failure
-            logger.error("llmkit could not write the ledger record for %s: %s", request.id, err)
-        self.events.emit("request", record.provider, request.id, status=record.status,
-                         error_type=record.error_type, cost_usd=record.cost_usd, latency_s=record.latency_s)
+        except Exception as err:
+            logger.error("llmkit could not write the ledger record for %s: %s", record.request_id, err)
+        self.events.emit("request", record.provider, record.request_id, status=record.status,
+                         error_type=record.error_type, cost_usd=record.cost_usd, latency_s=record.latency_s, **event)
 
     def _prompt(self, request: Request) -> str | None:
         if not self.config.store_prompts:

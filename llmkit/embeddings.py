@@ -288,16 +288,7 @@ async def _record(service: Service, request: Request, response: EmbeddingRespons
             input_tokens=0,
             usage_estimated=False, cost_usd=0.0, latency_s=service.clock() - t0,
             fallback=len({a.provider for a in attempts}) > 1, **common)
-    try:
-        await service.ledger.append(record)
-    except asyncio.CancelledError:
-        raise
-    except Exception as err:  # the ledger must never turn an answer into a failure
-        from ._secrets import logger
-
-        logger.error("llmkit could not write the ledger record for %s: %s", request.id, err)
-    service.events.emit("request", record.provider, request.id, status=record.status, call="embedding",
-                        error_type=record.error_type, cost_usd=record.cost_usd, latency_s=record.latency_s)
+    await service.commit(record, call="embedding")
 
 
 # ----------------------------------------------------------------------------------------------
