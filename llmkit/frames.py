@@ -26,10 +26,12 @@ import gc
 import json
 from array import array
 from collections.abc import Iterator, Sequence
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import infer_dtype
 
 from ._errors import InvalidRequestError
 from .ledger.queries import DAILY_KEYS, META, SUMS, TIME_KEYS, Selection, day_span
@@ -37,6 +39,7 @@ from .ledger.store import BOOLS, CODED, FIELDS, FLOATS, INTS
 
 if TYPE_CHECKING:
     from ._events import Event
+    from .ledger.blocks import Block
     from .ledger.store import Ledger
 
 __all__ = ["cost_summary_frame", "events_frame", "health_frame", "latency_frame", "usage_frame"]
@@ -203,38 +206,131 @@ _TEXT = [n for n in FIELDS if n not in _NUMERIC]
 
 
 def _sql_frame(ledger: Ledger, sel: Selection, names: list[str] | None = None) -> pd.DataFrame:
-    """The selected records read from the file: numbers as one float matrix, text transposed."""
+    """The selected records read from the file: column blocks (``ledger.blocks``) for the older records
+    when the selection spans sessions, then the rows past them (numbers as one float matrix, text
+    transposed), concatenated in SQL's order."""
     assert ledger.history is not None
     wanted = set(names or USAGE_COLUMNS)
-    numeric = [n for n in _NUMERIC if n in wanted or (n == "cost_usd" and "priced" in wanted)]
+    numeric = [n for n in _NUMERIC if n in wanted or (n == "cost_usd" and "priced" in wanted)
+               or (n == "time" and (sel.since is not None or sel.until is not None))]
     text = [n for n in _TEXT if n in wanted]
-    number_rows, text_rows = ledger.history.snapshot(sel, [numeric, text])
+    packed, (number_rows, text_rows) = ledger.history.columns(sel, [numeric, text])
     matrix = np.array(number_rows, dtype=np.float64).reshape(len(number_rows), len(numeric))
     texts = list(zip(*text_rows, strict=True)) if text_rows else [()] * len(text)
+    keep = [_in_range(block, sel) for block in packed]
+    columns = _Columns(packed, keep)
     data: dict[str, Any] = {}
+    for name in [*numeric, *text]:
+        if name in numeric:
+            tail = matrix[:, numeric.index(name)]
+            dtype = np.int64 if name in INTS or name in BOOLS else np.float64
+            data[name] = columns.numbers(name, tail.astype(dtype))
+        elif name in CODED:
+            data[name] = columns.codes(name, texts[text.index(name)])
+        else:
+            data[name] = columns.texts(name, texts[text.index(name)])
+    if packed and (sel.since is not None or sel.until is not None):  # SQL's order: time, then id
+        order = np.argsort(data["time"], kind="stable")
+        data = {name: _take(values, order) for name, values in data.items()}
+    out: dict[str, Any] = {}
     for name in USAGE_COLUMNS:
         if name not in wanted:
             continue
         if name == "priced":
-            data[name] = ~np.isnan(matrix[:, numeric.index("cost_usd")])
+            out[name] = ~np.isnan(data["cost_usd"])
+        elif name in ("time", "started"):
+            out[name] = _utc(data[name])
+        elif name in BOOLS:
+            out[name] = data[name].astype(bool)
+        elif name in CODED:
+            codes, table = data[name]
+            out[name] = _category(codes, table)
         elif name in numeric:
-            column = matrix[:, numeric.index(name)]
-            if name in ("time", "started"):
-                data[name] = _utc(column)
-            elif name in INTS:
-                data[name] = column.astype(np.int64)
-            elif name in BOOLS:
-                data[name] = column.astype(bool)
-            else:
-                data[name] = np.ascontiguousarray(column)
+            out[name] = data[name]
         else:
-            values = texts[text.index(name)]
-            if name in CODED:
-                codes, uniques = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=True)
-                data[name] = _category(codes.astype(np.int32), [str(u) for u in uniques])
+            out[name] = pd.array(data[name], dtype=STR)
+    return pd.DataFrame(out, columns=[n for n in USAGE_COLUMNS if n in wanted], copy=False)
+
+
+
+
+def _in_range(block: Block, sel: Selection) -> np.ndarray[Any, Any] | None:
+    """Which of ``block``'s rows ``sel``'s time range keeps (None: all of them)."""
+    link = block.link
+    if (sel.since is None or link.t_min >= sel.since) and (sel.until is None or link.t_max < sel.until):
+        return None
+    seconds = np.frombuffer(block.raw("time")[1], dtype="<f8")
+    keep = np.ones(len(seconds), dtype=bool)
+    if sel.since is not None:
+        keep &= seconds >= sel.since
+    if sel.until is not None:
+        keep &= seconds < sel.until
+    return keep
+
+
+_DTYPES = {"d": "<f8", "q": "<i8", "i": "<i4", "h": "<i2", "b": "<i1"}
+
+
+class _Columns:
+    """One column at a time from column blocks (with their row masks) followed by rows read from SQL."""
+
+    def __init__(self, packed: list[Block], keep: list[np.ndarray[Any, Any] | None]) -> None:
+        self.packed = packed
+        self.keep = keep
+
+    def _pieces(self, name: str) -> Iterator[np.ndarray[Any, Any]]:
+        for block, keep in zip(self.packed, self.keep, strict=True):
+            kind, raw = block.raw(name)
+            values = np.frombuffer(raw, dtype=_DTYPES[kind])
+            yield values if keep is None else values[keep]
+
+    def numbers(self, name: str, tail: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        pieces = [*self._pieces(name), tail]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces).astype(tail.dtype, copy=False)
+
+    def codes(self, name: str, tail: Sequence[Any]) -> tuple[np.ndarray[Any, Any], list[str]]:
+        """Codes (-1 for None) into one table for every piece."""
+        table: dict[str, int] = {}
+        pieces: list[np.ndarray[Any, Any]] = []
+        for block, raw in zip(self.packed, self._pieces(name), strict=True):
+            remap = np.array([*(table.setdefault(v, len(table)) for v in block.table(name)), -1], dtype=np.int32)
+            pieces.append(remap[raw])
+        codes, uniques = pd.factorize(np.asarray(tail, dtype=object), use_na_sentinel=True)
+        remap = np.array([*(table.setdefault(str(u), len(table)) for u in uniques), -1], dtype=np.int32)
+        pieces.append(remap[codes.astype(np.intp)] if len(codes) else np.empty(0, dtype=np.int32))
+        merged, values = np.concatenate(pieces), list(table)
+        used = np.zeros(len(values) + 1, dtype=bool)
+        used[merged] = True  # a value only in rows a time range dropped is no category
+        if not used[:-1].all():
+            keep = np.flatnonzero(used[:-1])
+            compact = np.full(len(values) + 1, -1, dtype=np.int32)
+            compact[keep] = np.arange(len(keep), dtype=np.int32)
+            merged, values = compact[merged], [values[i] for i in keep]
+        return merged, values
+
+    def texts(self, name: str, tail: Sequence[Any]) -> np.ndarray[Any, Any]:
+        """An object array, NaN for missing."""
+        pieces: list[np.ndarray[Any, Any]] = []
+        for block, keep in zip(self.packed, self.keep, strict=True):
+            if block.kind(name) == "n":  # all missing
+                values = np.full(block.rows, np.nan, dtype=object)
             else:
-                data[name] = pd.array(values, dtype=STR)
-    return pd.DataFrame(data, columns=[n for n in USAGE_COLUMNS if n in wanted], copy=False)
+                values = np.empty(block.rows, dtype=object)
+                texts, missing = block.texts(name)
+                values[:] = texts
+                values[values == missing if missing is not None else pd.isna(values)] = np.nan
+            pieces.append(values if keep is None else values[keep])
+        values = np.empty(len(tail), dtype=object)
+        values[:] = tail
+        values[pd.isna(values)] = np.nan
+        pieces.append(values)
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _take(values: Any, order: np.ndarray[Any, Any]) -> Any:
+    if isinstance(values, tuple):  # (codes, table)
+        return values[0][order], values[1]
+    return values[order]
 
 
 def _memory_frame(ledger: Ledger) -> pd.DataFrame:
@@ -271,29 +367,50 @@ def _with_meta(frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     where = np.flatnonzero(present)
     parsed = json.loads("[" + ",".join(frame["metadata"].to_numpy()[where]) + "]")  # one parse, not one per row
-    table = pd.DataFrame([d if isinstance(d, dict) else {} for d in parsed], dtype=object)
+    dicts = parsed if set(map(type, parsed)) == {dict} else [d if isinstance(d, dict) else {} for d in parsed]
+    keys = list(dicts[0]) if dicts else []  # in order of first appearance: the first row's keys, then
+    if len(set().union(*dicts)) > len(keys):  # (only when other rows have more keys) a walk through them
+        seen = set(keys)
+        for d in dicts:
+            if not seen.issuperset(d):
+                for k in d:
+                    if k not in seen:
+                        seen.add(k)
+                        keys.append(k)
     columns: dict[str, Any] = {}
-    for key in table.columns:
+    for key in keys:
         values = np.full(len(frame), None, dtype=object)
-        values[where] = table[key].to_numpy(dtype=object)
-        columns[META + str(key)] = meta_series(values.tolist())
+        try:  # every row has it (C speed); fromiter: a list value stays one object
+            values[where] = np.fromiter(map(itemgetter(key), dicts), dtype=object, count=len(dicts))
+        except KeyError:
+            values[where] = np.fromiter((d.get(key) for d in dicts), dtype=object, count=len(dicts))
+        columns[META + str(key)] = meta_series(values)
     return pd.concat([frame, pd.DataFrame(columns, index=frame.index)], axis=1)
 
 
-def meta_series(values: list[Any]) -> pd.Series:
+def meta_series(values: Sequence[Any] | np.ndarray[Any, Any]) -> pd.Series:
     """Metadata values (None or NaN for missing: JSON has no NaN) with the most specific dtype that holds
-    them all."""
-    values = [None if v is None or v != v else v for v in values]
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, bool) for v in present):
-        return pd.Series(pd.array(values, dtype="boolean"))
-    if present and all(isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63 for v in present):
-        return pd.Series(pd.array(values, dtype="Int64"))
-    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pd.Series(np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64))
-    if all(isinstance(v, str) for v in present):
-        return pd.Series(pd.array(values, dtype=STR))
-    return pd.Series(values, dtype=object)
+    them all: ``boolean``, ``Int64``, ``float64``, the string dtype, else ``object``."""
+    array_ = values.copy() if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=len(values))
+    missing = pd.isna(array_)
+    kind = infer_dtype(array_, skipna=True)
+    if kind == "boolean":
+        array_[missing] = None
+        return pd.Series(pd.array(array_, dtype="boolean"))
+    if kind == "integer":
+        try:
+            data = np.where(missing, 0, array_).astype(np.int64)
+        except OverflowError:  # beyond 64 bits: keep the Python ints
+            kind = "mixed"
+        else:
+            return pd.Series(pd.arrays.IntegerArray(data, missing.astype(bool)))
+    if kind in ("floating", "mixed-integer-float"):
+        return pd.Series(np.where(missing, np.nan, array_).astype(np.float64))
+    if kind in ("string", "empty"):
+        array_[missing] = np.nan
+        return pd.Series(pd.array(array_, dtype=STR))
+    array_[missing] = None
+    return pd.Series(array_, dtype=object)
 
 
 def cost_summary_frame(ledger: Ledger, by: str | Sequence[str] = ("provider", "model"),

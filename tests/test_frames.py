@@ -191,4 +191,4 @@ def test_benchmark_quick_smoke_run_prints_its_table() -> None:
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ledger.py"
     result = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "memory per record" in result.stdout and "usage_frame" in result.stdout
+    assert "memory per record" in result.stdout and "column blocks" in result.stdout

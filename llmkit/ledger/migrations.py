@@ -140,6 +140,26 @@ def m005_daily_cache_totals(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_request_blocks(db: sqlite3.Connection) -> None:
+    """Issue 12: column blocks, a derived, droppable copy of older requests packed column by column so a
+    read of millions of records is fast (see ``blocks``). Starts empty; packing fills it."""
+    db.execute(
+        """
+        CREATE TABLE request_blocks (
+            id_after INTEGER PRIMARY KEY,
+            id_hi INTEGER NOT NULL,
+            rows INTEGER NOT NULL,
+            t_min REAL NOT NULL,
+            t_max REAL NOT NULL,
+            format INTEGER NOT NULL,
+            layout TEXT NOT NULL,
+            data BLOB NOT NULL
+        )
+        """
+    )
+
+
 def applied(db: sqlite3.Connection) -> list[str]:
     """Names of the migrations this database has, in the order they ran."""
     _ensure_table(db)

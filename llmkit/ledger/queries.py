@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidRequestError
+from . import blocks
+from .blocks import Block
 from .migrations import DAILY_ROLLUP
 
 DAY_S = 86400
@@ -36,6 +38,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(s|sec|secs|seconds?|m|min|mins|m
                        r"d|days?|w|wk|weeks?)\s*$", re.IGNORECASE)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
 _BUSY_MS = 10_000
+PACK_ON_READ = 4 * blocks.BLOCK_ROWS  # a read across sessions packs first when this many rows are past the blocks
 FOLD_EVERY = 2_000  # the budget folds new requests into the day totals once this many are past them
 _FOLD = f"""INSERT INTO requests_daily {DAILY_ROLLUP}
     ON CONFLICT (day, provider, model) DO UPDATE SET
@@ -202,6 +205,54 @@ class History:
         finally:
             db.close()
 
+    def columns(self, sel: Selection,
+                groups: Sequence[Sequence[str]]) -> tuple[list[Block], list[list[tuple[Any, ...]]]]:
+        """The selected records as column blocks plus rows, from one consistent snapshot of the file.
+
+        When ``sel`` spans sessions, the blocks of the chain whose time range meets ``sel``'s come first
+        (id order; rows outside ``sel``'s time range are the caller's to drop), then, as in ``snapshot``,
+        one ``rows`` read per list of names over the records past the chain. Without a session filter
+        and with many records past the chain, full blocks are packed first if the file is free."""
+        use_blocks = sel.session_id is None and sel.after_id is None
+        db = self.connect()
+        try:
+            if use_blocks:
+                _pack_if_behind(db)
+            db.execute("BEGIN")
+            try:
+                links = _quietly(blocks.chain, db, []) if use_blocks else []
+                top = links[-1].hi if links else 0
+                wanted = [link for link in links if (sel.since is None or link.t_max >= sel.since)
+                          and (sel.until is None or link.t_min < sel.until)]
+                read = blocks.read(db, wanted)
+                tail = Selection(sel.since, sel.until, sel.session_id, top) if top else sel
+                where, params = tail.where()
+                order = "time, id" if sel.since is not None or sel.until is not None else "id"
+                out = [db.execute(f"SELECT {', '.join(names) or 'id'} FROM requests{where} ORDER BY {order}",
+                                  params).fetchall() if names else [] for names in groups]
+            finally:
+                db.execute("COMMIT")
+            return read, out
+        finally:
+            db.close()
+
+    def pack_quietly(self, max_blocks: int | None = 1) -> int:
+        """Pack full column blocks of the records past the chain if the file is free right now (never
+        waits); returns how many were packed."""
+        try:
+            db = self.connect()
+        except sqlite3.Error:  # the file is gone
+            return 0
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            if blocks.pending(db) < blocks.BLOCK_ROWS:
+                return 0
+            return blocks.pack(db, max_blocks)
+        except sqlite3.Error:  # locked by a writer, read-only, not migrated: readers use the rows meanwhile
+            return 0
+        finally:
+            db.close()
+
     def count(self, sel: Selection = Selection()) -> int:
         where, params = sel.where()
         return int(self._query(f"SELECT count(*) FROM requests{where}", params)[0][0])
@@ -348,6 +399,8 @@ class History:
                 if not rollup:
                     _unroll(db, before)
                 deleted = db.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
+                if deleted:
+                    blocks.drop(db)  # they may hold deleted rows; packing rebuilds them from the rows left
                 # ids past the newest left may be handed out again: they must count as not yet folded
                 db.execute("UPDATE requests_daily_upto SET id = min(id, (SELECT ifnull(max(id), 0) FROM requests))")
                 days = db.execute("SELECT count(*) FROM requests_daily WHERE day < ?", (before,)).fetchone()[0]
@@ -358,6 +411,26 @@ class History:
         finally:
             db.close()
         return {"deleted": int(deleted), "before": before, "rollup": rollup, "rollup_rows": int(days)}
+
+
+def _pack_if_behind(db: sqlite3.Connection) -> None:
+    """Pack the records past the blocks when ``PACK_ON_READ`` or more are there and the file is free."""
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        if blocks.pending(db) >= PACK_ON_READ:
+            blocks.pack(db)
+    except sqlite3.OperationalError:  # another writer holds the file, or no blocks table: read the rows
+        pass
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+
+
+def _quietly(fn: Any, db: sqlite3.Connection, default: Any) -> Any:
+    """``fn(db)``, or ``default`` when the file is busy or has no blocks table (not migrated yet)."""
+    try:
+        return fn(db)
+    except sqlite3.OperationalError:
+        return default
 
 
 def _upto(db: sqlite3.Connection) -> int:

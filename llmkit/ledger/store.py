@@ -37,6 +37,7 @@ import threading
 import time
 import weakref
 from array import array
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -46,6 +47,7 @@ from .._errors import ConfigError
 from .._secrets import logger
 from .migrations import migrate
 from .queries import History, Selection
+from .schema import BOOLS, CODED, FIELDS, FLOATS, INTS, STATUSES, TEXTS
 
 
 @dataclass(slots=True)
@@ -82,14 +84,8 @@ class LedgerRecord:
     usage_suspect: bool = False  # the server reported absurd token counts (clamped; see Usage.suspect)
 
 
-FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LedgerRecord))
-FLOATS = ("time", "started", "cost_usd", "latency_s", "cost_saved_usd")  # cost_usd: NaN when unpriced
-INTS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-        "attempts", "priority")
-BOOLS = ("usage_estimated", "fallback", "stream", "cached", "usage_suspect")
-CODED = ("provider", "model", "requested_model", "status", "error_type", "session_id", "kind")  # code -1 is None
-TEXTS = ("request_id", "error_message", "metadata", "prompt")  # metadata: compact JSON or None
-STATUSES = ("ok", "error", "cancelled")
+if tuple(f.name for f in fields(LedgerRecord)) != FIELDS:  # one order for the record, the table and the frames
+    raise ImportError("llmkit.ledger.schema.FIELDS is out of step with LedgerRecord")
 
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
@@ -190,6 +186,7 @@ _RETRY_MAX_S = 1.0
 _CLOSE_PATIENCE_S = 10.0  # at close, rows still waiting for a locked file get this long to land
 _CHECKPOINT_EVERY = 1_000  # batches committed by the writer between checkpoints
 _CHECKPOINT_IDLE_S = 1.0  # an idle writer checkpoints what inline commits added
+_PACK_AGAIN_S = 0.25  # an idle writer with column blocks left to pack packs the next one after this
 _INLINE_SPACING_S = 0.0002  # at most one inline commit every 200 µs: bursts go to the group commit
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # the file, not the row: try again later
 
@@ -240,6 +237,8 @@ class _Writer(threading.Thread):
         self.refused = 0  # rows SQLite refused even scrubbed (logged; in memory only)
         self._retry_s = _RETRY_MIN_S
         self._next_try = 0.0  # monotonic time of the next attempt at the backlog
+        self.idle_work: Callable[[], int] | None = None  # run when idle (packs column blocks); > 0: more to do
+        self._idle_s = _CHECKPOINT_IDLE_S
 
     def run(self) -> None:
         try:
@@ -265,14 +264,16 @@ class _Writer(threading.Thread):
     def _commit_batch(self) -> bool:
         try:
             item = self.queue.get(timeout=max(0.0, self._next_try - time.monotonic()) if self.backlog
-                                  else _CHECKPOINT_IDLE_S)
+                                  else self._idle_s)
         except queue.Empty:
             if self.backlog:
                 self._commit([])
             else:
                 with self.db_lock:
                     self._checkpoint()
+                self._idle()
             return True
+        self._idle_s = _CHECKPOINT_IDLE_S
         batch: list[_Item] = []
         running = True
         while True:
@@ -292,6 +293,19 @@ class _Writer(threading.Thread):
         elif batch or self.backlog:
             self._commit(batch)
         return running
+
+    def _idle(self) -> None:
+        """Nothing to write for a while: pack a column block (``blocks``) on a connection of its own, and
+        come back sooner while there are more to pack (one block is ~0.1 s of work; none when there is
+        less than a block's worth of new rows)."""
+        if self.idle_work is None:
+            return
+        try:
+            packed = self.idle_work()
+        except Exception:  # never let a derived copy stop the writer
+            logger.debug("llmkit: packing the ledger's column blocks failed", exc_info=True)
+            packed = 0
+        self._idle_s = _PACK_AGAIN_S if packed else _CHECKPOINT_IDLE_S
 
     def _commit(self, batch: list[_Item]) -> None:
         """Write the backlog (rows waiting for a locked file) and then ``batch``; settle their waiters."""
@@ -435,6 +449,8 @@ class Ledger:
 
     def _start_writer(self, db: sqlite3.Connection) -> None:
         self._writer = _Writer(db, f"ledger {self.path}")
+        if self.history is not None:
+            self._writer.idle_work = self.history.pack_quietly
         self._writer.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer)
 
