@@ -149,6 +149,16 @@ def test_import_is_light() -> None:
     assert out.strip() == "[]"
 
 
+def test_a_client_without_shared_state_never_imports_redis() -> None:
+    """pybreaker imports redis when it is installed (~95 ms); llmkit keeps it out until shared_state asks."""
+    pytest.importorskip("redis")
+    code = ("import sys, llmkit; c = llmkit.Client(ledger=None, health_interval=None); "
+            "c.completion('mock-1', [{'role': 'user', 'content': 'hi'}]); c.close(); "
+            "before = 'redis' in sys.modules; import redis, pybreaker; print(before, pybreaker.HAS_REDIS_SUPPORT)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"  # not imported by the client, and still importable afterwards
+
+
 def test_public_names_are_pinned() -> None:
     for name in ("Client", "ProviderConfig", "Response", "Usage", "LLMError", "ConfigError", "ProviderError",
                  "RateLimitError", "AuthenticationError", "BadRequestError", "ContextWindowExceededError",

@@ -10,11 +10,20 @@ flight at a time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import pybreaker
+if "pybreaker" in sys.modules or "redis" in sys.modules:
+    import pybreaker
+else:  # pybreaker imports redis when it is installed (~95 ms at the first Client()) for a storage llmkit
+    sys.modules["redis"] = None  # type: ignore[assignment]  # never uses (llmkit.shared has its own): skip it
+    try:
+        import pybreaker
+    finally:
+        if sys.modules.get("redis", False) is None:
+            del sys.modules["redis"]
 
 from .._config import BreakerConfig
 from .._errors import CircuitOpenError, ProviderConnectionError, counts_against_breaker
