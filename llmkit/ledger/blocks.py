@@ -44,6 +44,7 @@ FORMAT = 1  # bump when FIELDS or the encoding change: blocks in another format 
 _LITTLE = struct.pack("=H", 1) == struct.pack("<H", 1)
 _SELECT = f"SELECT id, {', '.join(FIELDS)} FROM requests WHERE id > ? ORDER BY id LIMIT ?"
 _NAN = math.nan
+_WIDTH = {"d": 8, "q": 8, "i": 4, "h": 2, "b": 1, "n": 0}  # bytes a value (None: text, any length)
 _STANDARD_WIDTHS = {k: array(k).itemsize for k in "bhiqd"} == {"b": 1, "h": 2, "i": 4, "q": 8, "d": 8}
 _SEPARATOR = "\x1f"  # text columns are joined with this (JSON metadata never holds a raw control character)
 NONE = _NONE = "\x1e"  # and a missing value is this; a column holding either is stored as a JSON list
@@ -66,9 +67,15 @@ class Block:
     __slots__ = ("body", "layout", "link")
 
     def __init__(self, link: Link, layout: dict[str, list[Any]], data: bytes) -> None:
+        """Raises ``ValueError`` (or ``zlib.error``) for a block that does not hold what it claims."""
         self.link = link
         self.layout = layout
         self.body = zlib.decompress(data)
+        for name in FIELDS:
+            kind, offset, length = layout[name][:3]
+            width = _WIDTH.get(kind)
+            if offset < 0 or offset + length > len(self.body) or (width is not None and length != width * link.rows):
+                raise ValueError(f"column block {link.after}: column {name!r} does not fit the block")
 
     @property
     def rows(self) -> int:
@@ -162,13 +169,18 @@ def chain(db: sqlite3.Connection) -> list[Link]:
     return out
 
 
-def read(db: sqlite3.Connection, links: Sequence[Link]) -> list[Block]:
-    """The blocks of ``links`` (inside the caller's read transaction), decoded."""
+def read(db: sqlite3.Connection, links: Sequence[Link]) -> tuple[list[Block], Link | None]:
+    """The blocks of ``links`` (a run of the chain, inside the caller's read transaction), decoded, up to
+    the first one that cannot be (damaged: a bad blob or layout), which is returned second (else None):
+    the caller reads the rows from there on instead."""
     out: list[Block] = []
     for link in links:
         row = db.execute("SELECT layout, data FROM request_blocks WHERE id_after = ?", (link.after,)).fetchone()
-        out.append(Block(link, json.loads(row[0]), row[1]))
-    return out
+        try:
+            out.append(Block(link, json.loads(row[0]), row[1]))
+        except (ValueError, TypeError, KeyError, IndexError, zlib.error):
+            return out, link
+    return out, None
 
 
 def pending(db: sqlite3.Connection) -> int:
@@ -218,6 +230,12 @@ def pack(db: sqlite3.Connection, max_blocks: int | None = None) -> int:
             continue  # someone packed or pruned meanwhile: look again
         added += 1
     return added
+
+
+def drop_from(db: sqlite3.Connection, after: int) -> None:
+    """Forget the block covering rows past ``after`` and every later one (a damaged block: packing
+    rebuilds them from the rows). Autocommit: one statement."""
+    db.execute("DELETE FROM request_blocks WHERE id_after >= ?", (after,))
 
 
 def drop(db: sqlite3.Connection) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import InvalidRequestError
+from .._secrets import logger
 from . import blocks
 from .blocks import Block
 from .migrations import DAILY_ROLLUP
@@ -221,10 +222,14 @@ class History:
             db.execute("BEGIN")
             try:
                 links = _quietly(blocks.chain, db, []) if use_blocks else []
-                top = links[-1].hi if links else 0
                 wanted = [link for link in links if (sel.since is None or link.t_max >= sel.since)
                           and (sel.until is None or link.t_min < sel.until)]
-                read = blocks.read(db, wanted)
+                read, damaged = blocks.read(db, wanted)
+                if damaged is not None:  # from a damaged block on, the rows say it (the packer rebuilds it)
+                    links = links[:links.index(damaged)]
+                    logger.warning("llmkit: ledger %s: a column block is damaged; reading its records from the "
+                                   "rows instead", self.path)
+                top = links[-1].hi if links else 0
                 tail = Selection(sel.since, sel.until, sel.session_id, top) if top else sel
                 where, params = tail.where()
                 order = "time, id" if sel.since is not None or sel.until is not None else "id"
@@ -232,6 +237,9 @@ class History:
                                   params).fetchall() if names else [] for names in groups]
             finally:
                 db.execute("COMMIT")
+            if damaged is not None:
+                db.execute("PRAGMA busy_timeout = 0")
+                _quietly(lambda d: blocks.drop_from(d, damaged.after), db, None)  # next time: repacked
             return read, out
         finally:
             db.close()

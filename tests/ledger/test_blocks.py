@@ -209,6 +209,28 @@ def test_a_broken_chain_or_another_format_falls_back_to_the_rows_and_packing_rep
     db.close()
 
 
+@pytest.mark.parametrize("damage", ["blob", "layout", "short"])
+def test_a_damaged_block_is_read_from_the_rows_and_repacked(tmp_path: Path, damage: str,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "l.sqlite3"
+    fill(path, [rec(i) for i in range(17)])
+    pack(path)
+    truth = read_rows_only(path)
+    db = connect(path)
+    second = db.execute("SELECT id_after FROM request_blocks ORDER BY id_after LIMIT 1 OFFSET 1").fetchone()[0]
+    change = {"blob": "UPDATE request_blocks SET data = x'00ff' WHERE id_after = ?",
+              "layout": "UPDATE request_blocks SET layout = '{}' WHERE id_after = ?",
+              "short": "UPDATE request_blocks SET rows = rows + 1 WHERE id_after = ?"}[damage]
+    db.execute(change, (second,))
+    db.close()
+    with caplog.at_level("WARNING", logger="llmkit"):
+        pd.testing.assert_frame_equal(read(path), truth)
+    assert "column block is damaged" in caplog.text
+    assert len(chain_of(path)) == 1  # the damaged block and those after it are gone...
+    assert pack(path) == 3  # ...and packing rebuilds them
+    pd.testing.assert_frame_equal(read(path), truth)
+
+
 def test_a_packer_that_lost_a_race_writes_nothing_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between reading its rows and inserting its block, another process packs the same rows: the
     late packer sees the chain moved and starts over, so no rows are covered twice or missed."""
