@@ -132,9 +132,13 @@ class LoopThread:
             return await asyncio.wrap_future(self.submit(coro))
         waiter: asyncio.Future[T] = running.create_future()
         job = _Job(coro, running, waiter)
-        waiter.add_done_callback(lambda f: self._caller_done(job, f))
         self._post(job)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # (no done-callback per call: a cancelled caller lands here)
+            if waiter.cancelled():  # the caller went away before the answer: cancel the request where it runs
+                self._abandon(job)
+            raise
 
     # Async callers cross threads in batches: a burst of ``arun`` calls costs one wake-up of the private
     # loop, and a burst of results one wake-up of each caller's loop, instead of two per call.

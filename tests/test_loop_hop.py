@@ -101,3 +101,40 @@ def test_arun_from_another_loop_and_on_its_own_loop(lt: LoopThread) -> None:
         return await lt.arun(_value(7))
 
     assert lt.run(on_own_loop()) == 14
+
+
+@pytest.mark.timeout(10)
+def test_a_cancelled_async_caller_cancels_its_coroutine_on_the_loop(lt: LoopThread) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def caller() -> None:
+        task = asyncio.ensure_future(lt.arun(forever()))
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(caller())
+    assert cancelled.wait(5)
+
+
+def test_gathered_async_callers_each_get_their_answer(lt: LoopThread) -> None:
+    finished: list[int] = []
+
+    async def quick() -> int:
+        finished.append(1)
+        return 1
+
+    async def caller() -> list[int]:
+        return list(await asyncio.gather(*(lt.arun(quick()) for _ in range(50))))
+
+    assert asyncio.run(caller()) == [1] * 50 and len(finished) == 50
