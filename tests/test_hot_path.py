@@ -67,3 +67,17 @@ def test_strict_json_check_still_refuses_what_the_wire_cannot_carry() -> None:
     with pytest.raises(InvalidRequestError, match="metadata"):
         build_request("m", MSG, metadata={"x": math.inf})
     assert build_request("m", MSG, metadata={}).metadata == {}
+
+
+def test_parsed_urls_follow_the_base_url_and_keep_the_query() -> None:
+    from llmkit._config import ProviderConfig
+    from llmkit.providers.compatible import OpenAICompatibleProvider
+
+    provider = OpenAICompatibleProvider(ProviderConfig(name="p", adapter="openai_compatible",
+                                                       base_url="http://127.0.0.1:1/v1?api-version=2"))
+    first = provider._parsed_url("/chat/completions")
+    assert str(first) == "http://127.0.0.1:1/v1/chat/completions?api-version=2"
+    assert provider._parsed_url("/chat/completions") is first  # parsed once
+    provider.base_url = "http://127.0.0.1:2/v1"
+    assert str(provider._parsed_url("/chat/completions")) == "http://127.0.0.1:2/v1/chat/completions?api-version=2"
+    assert provider._timeout(None) is provider._timeout(None) and provider._timeout(3.0).read == 3.0
