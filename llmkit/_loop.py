@@ -18,7 +18,7 @@ import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -94,17 +94,31 @@ class LoopThread:
                 "llmkit's sync API was called from inside llmkit's own event loop (a callback?); "
                 "use the async API (await client.acompletion(...)) there"
             )
-        future = self.submit(coro)
+        # The caller blocks on a bare lock the finished task releases: no concurrent.futures.Future (its
+        # Condition costs a second lock and more wake-ups per call; ~20 µs of every sync call).
+        waiter = _Blocking()
+        job = _Job(coro, None, waiter)
+        self._post(job)
         try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            if future.done():  # the coroutine itself raised a TimeoutError (e.g. RequestTimeoutError)
-                raise
-            future.cancel()
-            raise TimeoutError(f"no result within {timeout}s; the request was cancelled") from None
-        except BaseException:
-            future.cancel()
+            if not waiter.lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+                self._abandon(job)
+                raise TimeoutError(f"no result within {timeout}s; the request was cancelled")
+        except BaseException:  # Ctrl-C while waiting
+            if waiter.task is None:
+                self._abandon(job)
             raise
+        task = waiter.task
+        assert task is not None
+        if task.cancelled():
+            raise concurrent.futures.CancelledError()
+        return task.result()
+
+    def _abandon(self, job: _Job) -> None:
+        """The blocked caller gave up (timeout, Ctrl-C): cancel its request where it runs."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(_cancel_job, job)
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the private loop from any other loop; cancelling the caller cancels it."""
@@ -118,9 +132,13 @@ class LoopThread:
             return await asyncio.wrap_future(self.submit(coro))
         waiter: asyncio.Future[T] = running.create_future()
         job = _Job(coro, running, waiter)
-        waiter.add_done_callback(lambda f: self._caller_done(job, f))
         self._post(job)
-        return await waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:  # (no done-callback per call: a cancelled caller lands here)
+            if waiter.cancelled():  # the caller went away before the answer: cancel the request where it runs
+                self._abandon(job)
+            raise
 
     # Async callers cross threads in batches: a burst of ``arun`` calls costs one wake-up of the private
     # loop, and a burst of results one wake-up of each caller's loop, instead of two per call.
@@ -168,17 +186,29 @@ class LoopThread:
 
 class _Job:
     """One call crossing to the private loop and back: from a caller's loop (``arun``: ``caller`` is that
-    loop, ``waiter`` an asyncio future) or from a thread (``submit``: no caller loop, a thread-safe future)."""
+    loop, ``waiter`` an asyncio future) or from a thread (``submit``: no caller loop, a thread-safe future;
+    ``run``: no caller loop, a ``_Blocking`` lock)."""
 
     __slots__ = ("caller", "cancelled", "coro", "task", "waiter")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], caller: asyncio.AbstractEventLoop | None,
-                 waiter: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+                 waiter: asyncio.Future[Any] | concurrent.futures.Future[Any] | _Blocking) -> None:
         self.coro = coro
         self.caller = caller
         self.waiter = waiter
         self.task: asyncio.Task[Any] | None = None
         self.cancelled = False
+
+
+class _Blocking:
+    """Where a thread blocked in ``run`` waits: a held lock, released with the finished task set."""
+
+    __slots__ = ("lock", "task")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.task: asyncio.Task[Any] | None = None
 
 
 class _Outbox:
@@ -197,7 +227,7 @@ class _Outbox:
                 job, task = self.items.popleft()
             except IndexError:
                 return
-            _settle(job.waiter, task)
+            _settle(cast("asyncio.Future[Any]", job.waiter), task)
 
 
 _outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = weakref.WeakKeyDictionary()
@@ -222,7 +252,12 @@ def _reply(job: _Job, task: asyncio.Task[Any]) -> None:
     """On the private loop: hand a finished job's outcome back (to a caller loop, one wake-up a batch)."""
     caller = job.caller
     if caller is None:
-        _settle(job.waiter, task)  # a thread-safe future: set it from here
+        waiter = job.waiter
+        if type(waiter) is _Blocking:  # a thread blocked in ``run``: hand it the task and wake it
+            waiter.task = task
+            waiter.lock.release()
+            return
+        _settle(cast("concurrent.futures.Future[Any]", waiter), task)  # a thread-safe future: set it from here
         return
     if caller.is_closed():
         if not task.cancelled():

@@ -1,0 +1,83 @@
+"""The request path's fast paths (issue 16) decide exactly as the general code they skip: a success after
+failures still resets the breaker's count, odd token counts are still clamped, bad JSON still refused."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmkit._config import BreakerConfig
+from llmkit._errors import InvalidRequestError, ServerError
+from llmkit._types import Usage
+from llmkit._validate import MAX_TOKENS, build_request, encodable, sane_usage
+from llmkit.routing.breaker import Breaker
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_success_after_failures_resets_the_count_and_a_success_while_closed_changes_nothing() -> None:
+    breaker = Breaker("p", BreakerConfig(fail_max=3, reset_timeout=10.0), Clock())
+    breaker.report(None)
+    assert (breaker.state, breaker.fail_count, breaker.transitions) == ("closed", 0, [])
+    breaker.report(ServerError("boom", provider="p"))
+    breaker.report(ServerError("boom", provider="p"))
+    assert breaker.fail_count == 2
+    breaker.report(None)  # not the fast path: a failure is counted
+    assert breaker.fail_count == 0
+    for _ in range(3):
+        breaker.report(ServerError("boom", provider="p"))
+    assert breaker.state == "open"
+
+
+def test_a_successful_probe_closes_an_open_breaker() -> None:
+    clock = Clock()
+    breaker = Breaker("p", BreakerConfig(fail_max=1, reset_timeout=10.0), clock)
+    breaker.report(ServerError("boom", provider="p"))
+    assert breaker.state == "open"
+    clock.now += 10.0
+    probe = breaker.admit()
+    assert probe is True
+    breaker.report(None, probe)
+    assert breaker.state == "closed" and breaker.fail_count == 0
+
+
+def test_plausible_usage_is_left_alone_and_odd_counts_are_still_clamped() -> None:
+    usage = Usage(input_tokens=10, output_tokens=MAX_TOKENS)
+    assert sane_usage(usage) is usage and not usage.suspect and usage.output_tokens == MAX_TOKENS
+    for odd in (-1, MAX_TOKENS + 1, True, 1.5, None):
+        bad = sane_usage(Usage(input_tokens=odd, output_tokens=3))  # type: ignore[arg-type]
+        assert bad.suspect and bad.output_tokens == 3
+        assert bad.input_tokens == (MAX_TOKENS if odd == MAX_TOKENS + 1 and odd is not True else 0)
+
+
+def test_strict_json_check_still_refuses_what_the_wire_cannot_carry() -> None:
+    assert encodable("m", {"text": "héllo"}) == '{"text": "héllo"}'.encode()
+    for bad in ({"x": math.nan}, {"x": "\ud800"}, {"x": object()}):
+        with pytest.raises(InvalidRequestError):
+            encodable("m", bad)
+    with pytest.raises(InvalidRequestError, match="metadata"):
+        build_request("m", MSG, metadata={"x": math.inf})
+    assert build_request("m", MSG, metadata={}).metadata == {}
+
+
+def test_parsed_urls_follow_the_base_url_and_keep_the_query() -> None:
+    from llmkit._config import ProviderConfig
+    from llmkit.providers.compatible import OpenAICompatibleProvider
+
+    provider = OpenAICompatibleProvider(ProviderConfig(name="p", adapter="openai_compatible",
+                                                       base_url="http://127.0.0.1:1/v1?api-version=2"))
+    first = provider._parsed_url("/chat/completions")
+    assert str(first) == "http://127.0.0.1:1/v1/chat/completions?api-version=2"
+    assert provider._parsed_url("/chat/completions") is first  # parsed once
+    provider.base_url = "http://127.0.0.1:2/v1"
+    assert str(provider._parsed_url("/chat/completions")) == "http://127.0.0.1:2/v1/chat/completions?api-version=2"
+    assert provider._timeout(None) is provider._timeout(None) and provider._timeout(3.0).read == 3.0
