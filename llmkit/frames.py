@@ -214,17 +214,20 @@ def _sql_frame(ledger: Ledger, sel: Selection, names: list[str] | None = None) -
     numeric = [n for n in _NUMERIC if n in wanted or (n == "cost_usd" and "priced" in wanted)
                or (n == "time" and (sel.since is not None or sel.until is not None))]
     text = [n for n in _TEXT if n in wanted]
-    packed, (number_rows, text_rows) = ledger.history.columns(sel, [numeric, text])
-    matrix = np.array(number_rows, dtype=np.float64).reshape(len(number_rows), len(numeric))
+    floats = [n for n in numeric if n in FLOATS]
+    ints = [n for n in numeric if n not in FLOATS]  # read as integers: exact past 2**53
+    packed, (float_rows, int_rows, text_rows) = ledger.history.columns(sel, [floats, ints, text])
+    float_matrix = np.array(float_rows, dtype=np.float64).reshape(len(float_rows), len(floats))
+    int_matrix = _int_matrix(int_rows, len(ints))
     texts = list(zip(*text_rows, strict=True)) if text_rows else [()] * len(text)
     keep = [_in_range(block, sel) for block in packed]
     columns = _Columns(packed, keep)
     data: dict[str, Any] = {}
     for name in [*numeric, *text]:
-        if name in numeric:
-            tail = matrix[:, numeric.index(name)]
-            dtype = np.int64 if name in INTS or name in BOOLS else np.float64
-            data[name] = columns.numbers(name, tail.astype(dtype))
+        if name in floats:
+            data[name] = columns.numbers(name, float_matrix[:, floats.index(name)])
+        elif name in ints:
+            data[name] = columns.numbers(name, int_matrix[:, ints.index(name)])
         elif name in CODED:
             data[name] = columns.codes(name, texts[text.index(name)])
         else:
@@ -252,6 +255,14 @@ def _sql_frame(ledger: Ledger, sel: Selection, names: list[str] | None = None) -
     return pd.DataFrame(out, columns=[n for n in USAGE_COLUMNS if n in wanted], copy=False)
 
 
+
+
+def _int_matrix(rows: list[tuple[Any, ...]], width: int) -> np.ndarray[Any, Any]:
+    """Integer columns read from SQL as int64 (a REAL someone wrote into one is truncated, as before)."""
+    try:
+        return np.array(rows, dtype=np.int64).reshape(len(rows), width)
+    except (TypeError, ValueError, OverflowError):  # beyond 64 bits, or not a number: as floats
+        return np.array(rows, dtype=np.float64).reshape(len(rows), width).astype(np.int64)
 
 
 def _in_range(block: Block, sel: Selection) -> np.ndarray[Any, Any] | None:
@@ -286,7 +297,9 @@ class _Columns:
 
     def numbers(self, name: str, tail: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         pieces = [*self._pieces(name), tail]
-        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces).astype(tail.dtype, copy=False)
+        if len(pieces) == 1:
+            return np.ascontiguousarray(tail)  # not a view that keeps the whole matrix alive
+        return np.concatenate(pieces).astype(tail.dtype, copy=False)
 
     def codes(self, name: str, tail: Sequence[Any]) -> tuple[np.ndarray[Any, Any], list[str]]:
         """Codes (-1 for None) into one table for every piece."""
@@ -400,12 +413,15 @@ def meta_series(values: Sequence[Any] | np.ndarray[Any, Any]) -> pd.Series:
     if kind == "integer":
         try:
             data = np.where(missing, 0, array_).astype(np.int64)
-        except OverflowError:  # beyond 64 bits: keep the Python ints
-            kind = "mixed"
+        except OverflowError:  # beyond 64 bits: as floats (the SQL summaries' json_extract reads them so too)
+            kind = "floating"
         else:
             return pd.Series(pd.arrays.IntegerArray(data, missing.astype(bool)))
     if kind in ("floating", "mixed-integer-float"):
-        return pd.Series(np.where(missing, np.nan, array_).astype(np.float64))
+        try:
+            return pd.Series(np.where(missing, np.nan, array_).astype(np.float64))
+        except OverflowError:  # an integer beyond a float's range: keep the values as they are
+            pass
     if kind in ("string", "empty"):
         array_[missing] = np.nan
         return pd.Series(pd.array(array_, dtype=STR))

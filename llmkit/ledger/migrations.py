@@ -143,21 +143,29 @@ def m005_daily_cache_totals(db: sqlite3.Connection) -> None:
 @migration
 def m006_request_blocks(db: sqlite3.Connection) -> None:
     """Issue 12: column blocks, a derived, droppable copy of older requests packed column by column so a
-    read of millions of records is fast (see ``blocks``). Starts empty; packing fills it."""
+    read of millions of records is fast (see ``blocks``). Starts empty; packing fills it. Blocks of each
+    ``format`` form their own chain, so two llmkit versions on one file keep theirs. The triggers keep
+    the copy honest whoever changes ``requests`` (an older llmkit's prune, a hand-run DELETE): a block
+    covering a deleted or changed row goes, with every later one; packing rebuilds them."""
     db.execute(
         """
         CREATE TABLE request_blocks (
-            id_after INTEGER PRIMARY KEY,
+            format INTEGER NOT NULL,
+            id_after INTEGER NOT NULL,
             id_hi INTEGER NOT NULL,
             rows INTEGER NOT NULL,
             t_min REAL NOT NULL,
             t_max REAL NOT NULL,
-            format INTEGER NOT NULL,
-            layout TEXT NOT NULL,
-            data BLOB NOT NULL
+            data BLOB NOT NULL,
+            PRIMARY KEY (format, id_after)
         )
         """
     )
+    db.execute("CREATE INDEX request_blocks_hi ON request_blocks (id_hi)")
+    db.execute("""CREATE TRIGGER request_blocks_deleted AFTER DELETE ON requests
+                  BEGIN DELETE FROM request_blocks WHERE id_hi >= OLD.id; END""")
+    db.execute("""CREATE TRIGGER request_blocks_updated AFTER UPDATE ON requests
+                  BEGIN DELETE FROM request_blocks WHERE id_hi >= min(OLD.id, NEW.id); END""")
 
 
 def applied(db: sqlite3.Connection) -> list[str]:

@@ -168,6 +168,7 @@ class History:
         self._spend_pid = 0
         self._spend: list[Any] | None = None  # [since, upto, day totals, last id read, cost past upto]
         self._spend_lock = threading.Lock()
+        self._unpackable: int | None = None  # the chain's top when rows past it could not be packed
 
     def connect(self) -> sqlite3.Connection:
         """A new connection to the file, which must exist (a reader never creates an empty ledger)."""
@@ -218,7 +219,7 @@ class History:
         db = self.connect()
         try:
             if use_blocks:
-                _pack_if_behind(db)
+                self._pack_if_behind(db)
             db.execute("BEGIN")
             try:
                 links = _quietly(blocks.chain, db, []) if use_blocks else []
@@ -244,9 +245,9 @@ class History:
         finally:
             db.close()
 
-    def pack_quietly(self, max_blocks: int | None = 1) -> int:
+    def pack_quietly(self, max_blocks: int | None = 1, stop: threading.Event | None = None) -> int:
         """Pack full column blocks of the records past the chain if the file is free right now (never
-        waits); returns how many were packed."""
+        waits); returns how many were packed. Never raises."""
         try:
             db = self.connect()
         except sqlite3.Error:  # the file is gone
@@ -255,11 +256,38 @@ class History:
             db.execute("PRAGMA busy_timeout = 0")
             if blocks.pending(db) < blocks.BLOCK_ROWS:
                 return 0
-            return blocks.pack(db, max_blocks)
+            return self._pack(db, max_blocks, stop)
         except sqlite3.Error:  # locked by a writer, read-only, not migrated: readers use the rows meanwhile
             return 0
         finally:
             db.close()
+
+    def _pack(self, db: sqlite3.Connection, max_blocks: int | None, stop: threading.Event | None = None) -> int:
+        """``blocks.pack``, except past rows it cannot pack (logged once; they stay rows, and packing
+        is not tried again until the chain moves)."""
+        links = blocks.chain(db)
+        top = links[-1].hi if links else 0
+        if self._unpackable == top:
+            return 0
+        try:
+            return blocks.pack(db, max_blocks, stop)
+        except blocks.Unpackable as exc:
+            links = blocks.chain(db)
+            self._unpackable = links[-1].hi if links else 0
+            logger.warning("llmkit: ledger %s: records past id %d do not fit the column blocks (%s); they are "
+                           "read as rows", self.path, self._unpackable, exc)
+            return exc.added
+
+    def _pack_if_behind(self, db: sqlite3.Connection) -> None:
+        """Pack the records past the blocks when ``PACK_ON_READ`` or more are there and the file is free."""
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            if blocks.pending(db) >= PACK_ON_READ:
+                self._pack(db, None)
+        except sqlite3.OperationalError:  # another writer holds the file, or no blocks table: read the rows
+            pass
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
     def count(self, sel: Selection = Selection()) -> int:
         where, params = sel.where()
@@ -419,18 +447,6 @@ class History:
         finally:
             db.close()
         return {"deleted": int(deleted), "before": before, "rollup": rollup, "rollup_rows": int(days)}
-
-
-def _pack_if_behind(db: sqlite3.Connection) -> None:
-    """Pack the records past the blocks when ``PACK_ON_READ`` or more are there and the file is free."""
-    db.execute("PRAGMA busy_timeout = 0")
-    try:
-        if blocks.pending(db) >= PACK_ON_READ:
-            blocks.pack(db)
-    except sqlite3.OperationalError:  # another writer holds the file, or no blocks table: read the rows
-        pass
-    finally:
-        db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
 
 def _quietly(fn: Any, db: sqlite3.Connection, default: Any) -> Any:

@@ -187,6 +187,7 @@ _CLOSE_PATIENCE_S = 10.0  # at close, rows still waiting for a locked file get t
 _CHECKPOINT_EVERY = 1_000  # batches committed by the writer between checkpoints
 _CHECKPOINT_IDLE_S = 1.0  # an idle writer checkpoints what inline commits added
 _PACK_AGAIN_S = 0.25  # an idle writer with column blocks left to pack packs the next one after this
+_PACKER_JOIN_S = 5.0  # at close, a block being packed gets this long to finish (it stops before its insert)
 _INLINE_SPACING_S = 0.0002  # at most one inline commit every 200 µs: bursts go to the group commit
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # the file, not the row: try again later
 
@@ -237,15 +238,23 @@ class _Writer(threading.Thread):
         self.refused = 0  # rows SQLite refused even scrubbed (logged; in memory only)
         self._retry_s = _RETRY_MIN_S
         self._next_try = 0.0  # monotonic time of the next attempt at the backlog
-        self.idle_work: Callable[[], int] | None = None  # run when idle (packs column blocks); > 0: more to do
+        # run on a thread of its own when idle (packs column blocks): (max blocks, stop) -> how many packed
+        self.idle_work: Callable[[int, threading.Event], int] | None = None
         self._idle_s = _CHECKPOINT_IDLE_S
+        self._packer: threading.Thread | None = None
+        self._packed = 0
+        self._stop_packing = threading.Event()
 
     def run(self) -> None:
         try:
             while self._commit_batch():
                 pass
+            self._stop_packing.set()
             self._flush_at_close()
         finally:
+            self._stop_packing.set()
+            if self._packer is not None:
+                self._packer.join(_PACKER_JOIN_S)
             with self.db_lock:
                 if not self.backlog:
                     self._checkpoint()
@@ -295,17 +304,26 @@ class _Writer(threading.Thread):
         return running
 
     def _idle(self) -> None:
-        """Nothing to write for a while: pack a column block (``blocks``) on a connection of its own, and
-        come back sooner while there are more to pack (one block is ~0.1 s of work; none when there is
-        less than a block's worth of new rows)."""
-        if self.idle_work is None:
+        """Nothing to write for a while: pack a column block (``blocks``) on a thread and connection of
+        its own (a block is ~0.1 s of work: appends meanwhile are not held up), and come back sooner
+        while there are more to pack."""
+        if self.idle_work is None or self._stop_packing.is_set():
             return
+        if self._packer is not None:
+            if self._packer.is_alive():
+                return
+            self._packer = None
+            self._idle_s = _PACK_AGAIN_S if self._packed else _CHECKPOINT_IDLE_S
+        self._packer = threading.Thread(target=self._pack, name="llmkit-ledger-packer", daemon=True)
+        self._packer.start()
+
+    def _pack(self) -> None:
+        assert self.idle_work is not None
         try:
-            packed = self.idle_work()
-        except Exception:  # never let a derived copy stop the writer
+            self._packed = self.idle_work(1, self._stop_packing)
+        except Exception:  # never let a derived copy trouble the writer
             logger.debug("llmkit: packing the ledger's column blocks failed", exc_info=True)
-            packed = 0
-        self._idle_s = _PACK_AGAIN_S if packed else _CHECKPOINT_IDLE_S
+            self._packed = 0
 
     def _commit(self, batch: list[_Item]) -> None:
         """Write the backlog (rows waiting for a locked file) and then ``batch``; settle their waiters."""

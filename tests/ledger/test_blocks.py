@@ -3,11 +3,14 @@ of them fast. Whatever the blocks hold, a frame read through them must equal the
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
+import struct
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +83,17 @@ def read_rows_only(path: Path, sel: Selection = Selection()) -> pd.DataFrame:
             Path(str(copy) + suffix).unlink(missing_ok=True)
 
 
+def layout_of(path: Path) -> dict[str, Any]:
+    """The first block's layout (inside its compressed body)."""
+    db = connect(path)
+    data = db.execute("SELECT data FROM request_blocks ORDER BY id_after").fetchone()[0]
+    db.close()
+    body = zlib.decompress(data)
+    (size,) = struct.unpack_from("<I", body)
+    layout: dict[str, Any] = json.loads(body[4:4 + size])
+    return layout
+
+
 def chain_of(path: Path) -> list[blocks.Link]:
     db = connect(path)
     try:
@@ -103,10 +117,9 @@ def test_packed_blocks_read_back_exactly_what_the_rows_hold(tmp_path: Path) -> N
     links = chain_of(path)
     assert [link.after for link in links] == [0, *[link.hi for link in links[:-1]]]
     assert sum(link.rows for link in links) == 28
-    db = connect(path)
-    layout = db.execute("SELECT layout FROM request_blocks ORDER BY id_after").fetchone()[0]
-    db.close()
-    assert '"prompt":["n"' in layout and '"priority":["b"' in layout and '"time":["d"' in layout
+    layout = layout_of(path)
+    assert (layout["prompt"][0], layout["priority"][0], layout["time"][0], layout["input_tokens"][0]) == (
+        "n", "b", "d", "b")
     frame = read(path)
     assert len(frame) == 30 and frame["request_id"].tolist() == [f"r{i}" for i in range(30)]
     pd.testing.assert_frame_equal(frame, read_rows_only(path))
@@ -155,10 +168,8 @@ def test_text_holding_the_separators_is_stored_as_json_and_reads_back(tmp_path: 
     odd = ["a\x1fb", "\x1e", "", "line\nbreak", "ünï ✓"]
     fill(path, [rec(i, error_message=odd[i % 5], prompt=odd[(i + 1) % 5]) for i in range(8)])
     pack(path)
-    db = connect(path)
-    layout = db.execute("SELECT layout FROM request_blocks ORDER BY id_after").fetchone()[0]
-    db.close()
-    assert '"error_message":["j"' in layout and '"request_id":["s"' in layout
+    layout = layout_of(path)
+    assert layout["error_message"][0] == "j" and layout["request_id"][0] == "s"
     frame = read(path)
     assert frame["error_message"].tolist() == [odd[i % 5] for i in range(8)]
     pd.testing.assert_frame_equal(frame, read_rows_only(path))
@@ -198,15 +209,98 @@ def test_a_broken_chain_or_another_format_falls_back_to_the_rows_and_packing_rep
     assert pack(path) == 3 and len(chain_of(path)) == 4
     pd.testing.assert_frame_equal(read(path), truth)
     db = connect(path)
-    db.execute("UPDATE request_blocks SET format = 999")  # blocks written by another version
+    db.execute("UPDATE request_blocks SET format = 0")  # blocks written by an older version
     db.close()
     assert chain_of(path) == []
     pd.testing.assert_frame_equal(read(path), truth)
     assert pack(path) == 4
     db = connect(path)
     assert db.execute("SELECT count(*), min(format), max(format) FROM request_blocks").fetchone() == (
-        4, blocks.FORMAT, blocks.FORMAT)
+        4, blocks.FORMAT, blocks.FORMAT)  # a new chain of this format replaces an older format's
     db.close()
+
+
+def test_two_formats_on_one_file_keep_their_own_chains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older and a newer llmkit packing the same file do not undo each other's work."""
+    path = tmp_path / "l.sqlite3"
+    fill(path, [rec(i) for i in range(12)])
+    assert pack(path) == 3
+    monkeypatch.setattr(blocks, "FORMAT", 2)
+    assert pack(path) == 3  # the newer version's own chain (the older one's blocks go once)
+    monkeypatch.setattr(blocks, "FORMAT", 1)
+    assert pack(path) == 3  # the older version rebuilds its chain, leaving the newer one's alone
+    monkeypatch.setattr(blocks, "FORMAT", 2)
+    assert pack(path) == 0 and len(chain_of(path)) == 3
+    monkeypatch.setattr(blocks, "FORMAT", 1)
+    assert pack(path) == 0 and len(chain_of(path)) == 3
+    pd.testing.assert_frame_equal(read(path), read_rows_only(path))
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM requests WHERE id = 6",
+                                       "UPDATE requests SET prompt = 'redacted' WHERE id = 6"])
+def test_rows_changed_behind_llmkits_back_drop_their_blocks(tmp_path: Path, statement: str) -> None:
+    """An older llmkit's prune or a hand-run statement knows nothing of the blocks: m006's triggers drop
+    the block holding the changed row and every later one, so reads show the change."""
+    path = tmp_path / "l.sqlite3"
+    fill(path, [rec(i) for i in range(12)])
+    pack(path)
+    db = connect(path)
+    db.execute(statement)
+    db.close()
+    assert len(chain_of(path)) == 1  # rows 1-4 stay packed; 5-12 are rows again
+    frame = read(path)
+    pd.testing.assert_frame_equal(frame, read_rows_only(path))
+    assert "r5" not in frame["request_id"].tolist() or frame["prompt"][5] == "redacted"
+
+
+def test_rows_that_do_not_fit_a_block_stay_rows(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Another program wrote a REAL into an INTEGER column (packed as floats, read as the rows read it)
+    and bytes into a TEXT column (not packable: those rows are read as rows, logged once)."""
+    path = tmp_path / "l.sqlite3"
+    fill(path, [rec(i) for i in range(12)])
+    db = connect(path)
+    db.execute("UPDATE requests SET input_tokens = 12.5 WHERE id = 2")
+    db.execute("UPDATE requests SET error_message = x'6869' WHERE id = 7")
+    db.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.history is not None
+        with caplog.at_level("WARNING", logger="llmkit"):
+            assert ledger.history.pack_quietly(None) == 1
+            assert ledger.history.pack_quietly(None) == 0  # not tried again while the chain stays put
+        assert caplog.text.count("do not fit the column blocks") == 1
+        frame = frames.usage_frame(ledger, Selection())
+    finally:
+        ledger.close()
+    assert frame["input_tokens"][1] == 12 and frame["error_message"][6] == "hi"
+    pd.testing.assert_frame_equal(frame, read_rows_only(path))
+
+
+def test_a_prune_and_reused_ids_during_a_pack_never_store_the_old_rows(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a block is encoded, a prune deletes the newest rows and new rows take their ids: the count
+    in the block's range is the same again, but the packer compares ids and request ids."""
+    path = tmp_path / "l.sqlite3"
+    fill(path, [rec(0, NOW), rec(1, NOW), rec(2, NOW + 100), rec(3, NOW + 100)])
+    encode = blocks.encode
+
+    def prune_and_refill(rows: Any) -> Any:
+        monkeypatch.setattr(blocks, "encode", encode)
+        ledger = Ledger(path)
+        try:
+            assert ledger.history is not None
+            assert ledger.history.prune(NOW + 200)["deleted"] == 4
+            for i in (10, 11, 12, 13):
+                ledger.append_sync(rec(i, NOW + 300))
+        finally:
+            ledger.close()
+        return encode(rows)
+
+    monkeypatch.setattr(blocks, "encode", prune_and_refill)
+    pack(path)
+    frame = read(path)
+    assert frame["request_id"].tolist() == ["r10", "r11", "r12", "r13"]
+    pd.testing.assert_frame_equal(frame, read_rows_only(path))
 
 
 @pytest.mark.parametrize("damage", ["blob", "layout", "short"])
@@ -218,10 +312,11 @@ def test_a_damaged_block_is_read_from_the_rows_and_repacked(tmp_path: Path, dama
     truth = read_rows_only(path)
     db = connect(path)
     second = db.execute("SELECT id_after FROM request_blocks ORDER BY id_after LIMIT 1 OFFSET 1").fetchone()[0]
-    change = {"blob": "UPDATE request_blocks SET data = x'00ff' WHERE id_after = ?",
-              "layout": "UPDATE request_blocks SET layout = '{}' WHERE id_after = ?",
-              "short": "UPDATE request_blocks SET rows = rows + 1 WHERE id_after = ?"}[damage]
-    db.execute(change, (second,))
+    change = {"blob": ("UPDATE request_blocks SET data = x'00ff' WHERE id_after = ?", ()),
+              "layout": ("UPDATE request_blocks SET data = ? WHERE id_after = ?",
+                         (zlib.compress(struct.pack("<I", 2) + b"{}"),)),
+              "short": ("UPDATE request_blocks SET rows = rows + 1 WHERE id_after = ?", ())}[damage]
+    db.execute(change[0], (*change[1], second))
     db.close()
     with caplog.at_level("WARNING", logger="llmkit"):
         pd.testing.assert_frame_equal(read(path), truth)
@@ -273,8 +368,8 @@ def test_the_idle_writer_packs_and_a_read_far_behind_packs_first(tmp_path: Path,
     packed = threading.Event()
     work = ledger.history.pack_quietly
 
-    def idle() -> int:
-        n = work()
+    def idle(max_blocks: int, stop: threading.Event) -> int:
+        n = work(max_blocks, stop)
         if len(chain_of(path)) == 4:
             packed.set()
         return n
