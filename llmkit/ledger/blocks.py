@@ -9,7 +9,7 @@ as codes into a table (the same way), other text joined with a control character
 value holds one, nothing if every value is missing). A block's body is its layout (JSON) and its
 columns, zlib-compressed (level 1: fast both ways; zlib's checksum covers all of it).
 
-``request_blocks`` (migration m006) is a derived copy of ``requests``, never the store of record:
+``request_blocks`` (migrations m006, m007) is a derived copy of ``requests``, never the store of record:
 dropping it loses nothing, and readers fall back to the rows. The invariant that keeps it exact:
 
 - Blocks of this ``FORMAT`` form a chain: the first covers every row with ``0 < id <= hi``, each next
@@ -17,7 +17,7 @@ dropping it loses nothing, and readers fall back to the rows. The invariant that
   (a missing block) and read the rows past its top from ``requests``. Blocks of another format (another
   llmkit version on the same file) form a chain of their own and are left alone.
 - New rows get ids above every id in the file, so rows inside a block's range never change, except
-  through a DELETE or UPDATE of ``requests``: m006's triggers then delete the block covering that row
+  through a DELETE or UPDATE of ``requests``: m007's triggers then delete the block covering that row
   and every later one, whoever ran it (``prune``, an older llmkit, a hand-run statement).
 - ``pack`` reads a full block's rows in one snapshot and encodes them outside any lock, then inserts
   the block in a short write transaction only if the chain's top and the rows in its range (ids and

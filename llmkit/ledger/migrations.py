@@ -143,10 +143,32 @@ def m005_daily_cache_totals(db: sqlite3.Connection) -> None:
 @migration
 def m006_request_blocks(db: sqlite3.Connection) -> None:
     """Issue 12: column blocks, a derived, droppable copy of older requests packed column by column so a
-    read of millions of records is fast (see ``blocks``). Starts empty; packing fills it. Blocks of each
-    ``format`` form their own chain, so two llmkit versions on one file keep theirs. The triggers keep
-    the copy honest whoever changes ``requests`` (an older llmkit's prune, a hand-run DELETE): a block
-    covering a deleted or changed row goes, with every later one; packing rebuilds them."""
+    read of millions of records is fast (see ``blocks``). Starts empty; packing fills it. (Replaced by
+    m007's table before any release; kept so files made in between migrate.)"""
+    db.execute(
+        """
+        CREATE TABLE request_blocks (
+            id_after INTEGER PRIMARY KEY,
+            id_hi INTEGER NOT NULL,
+            rows INTEGER NOT NULL,
+            t_min REAL NOT NULL,
+            t_max REAL NOT NULL,
+            format INTEGER NOT NULL,
+            layout TEXT NOT NULL,
+            data BLOB NOT NULL
+        )
+        """
+    )
+
+
+@migration
+def m007_request_block_chains(db: sqlite3.Connection) -> None:
+    """Column blocks, second layout (m006's blocks are dropped: a derived copy, packed again). Blocks of
+    each ``format`` form their own chain, so two llmkit versions on one file keep theirs; the layout
+    lives inside the compressed body. The triggers keep the copy honest whoever changes ``requests`` (an
+    older llmkit's prune, a hand-run DELETE): a block covering a deleted or changed row goes, with every
+    later one; packing rebuilds them."""
+    db.execute("DROP TABLE request_blocks")
     db.execute(
         """
         CREATE TABLE request_blocks (

@@ -434,9 +434,8 @@ class History:
             try:
                 if not rollup:
                     _unroll(db, before)
+                blocks.drop(db)  # they may hold rows about to go (and the triggers find nothing left to drop)
                 deleted = db.execute("DELETE FROM requests WHERE time < ?", (before,)).rowcount
-                if deleted:
-                    blocks.drop(db)  # they may hold deleted rows; packing rebuilds them from the rows left
                 # ids past the newest left may be handed out again: they must count as not yet folded
                 db.execute("UPDATE requests_daily_upto SET id = min(id, (SELECT ifnull(max(id), 0) FROM requests))")
                 days = db.execute("SELECT count(*) FROM requests_daily WHERE day < ?", (before,)).fetchone()[0]

@@ -239,7 +239,7 @@ def test_two_formats_on_one_file_keep_their_own_chains(tmp_path: Path, monkeypat
 @pytest.mark.parametrize("statement", ["DELETE FROM requests WHERE id = 6",
                                        "UPDATE requests SET prompt = 'redacted' WHERE id = 6"])
 def test_rows_changed_behind_llmkits_back_drop_their_blocks(tmp_path: Path, statement: str) -> None:
-    """An older llmkit's prune or a hand-run statement knows nothing of the blocks: m006's triggers drop
+    """An older llmkit's prune or a hand-run statement knows nothing of the blocks: m007's triggers drop
     the block holding the changed row and every later one, so reads show the change."""
     path = tmp_path / "l.sqlite3"
     fill(path, [rec(i) for i in range(12)])
@@ -426,3 +426,25 @@ def test_a_first_version_file_gets_the_blocks_table_empty(tmp_path: Path) -> Non
     assert time.time() - before < 60
     assert pack(path) == len(frame) // 4
     pd.testing.assert_frame_equal(read(path), frame)
+
+
+def test_a_file_with_the_first_block_table_migrates_and_packs_again(tmp_path: Path) -> None:
+    """m006's table (one chain, layout column) was replaced by m007's before release; a file made in
+    between loses its blocks (a derived copy) and is packed again."""
+    from llmkit.ledger import migrations
+
+    path = tmp_path / "l.sqlite3"
+    db = connect(path)
+    migrations.applied(db)  # the bookkeeping table
+    for fn in migrations.MIGRATIONS[:6]:
+        fn(db)
+        db.execute("INSERT INTO _llmkit_migrations (name, applied_at) VALUES (?, 0)", (fn.__name__,))
+    db.execute("INSERT INTO request_blocks VALUES (0, 4, 4, 0, 1, 1, '{}', x'00')")
+    db.close()
+    fill(path, [rec(i) for i in range(9)])  # opening migrates: m007
+    db = connect(path)
+    assert migrations.applied(db)[-1] == "m007_request_block_chains"
+    assert db.execute("SELECT count(*) FROM request_blocks").fetchone()[0] == 0
+    db.close()
+    assert pack(path) == 2
+    pd.testing.assert_frame_equal(read(path), read_rows_only(path))
