@@ -24,6 +24,8 @@ from llmkit.ledger import blocks, queries, store
 from llmkit.ledger.queries import Selection
 from llmkit.ledger.store import Ledger, LedgerRecord
 
+from .test_history import fill
+
 NOW = 1_800_000_000.0
 
 
@@ -48,12 +50,6 @@ def rec(i: int, t: float | None = None, **kw: Any) -> LedgerRecord:
     )
     values.update(kw)
     return LedgerRecord(**values)
-
-
-def fill(path: Path, records: list[LedgerRecord]) -> None:
-    with Ledger(path) as ledger:
-        for r in records:
-            ledger.append_sync(r)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -195,13 +191,19 @@ def test_prune_drops_the_blocks_and_packing_rebuilds_them_from_what_is_left(tmp_
     pd.testing.assert_frame_equal(frame, read_rows_only(path))
 
 
-def test_a_broken_chain_or_another_format_falls_back_to_the_rows_and_packing_repairs_it(tmp_path: Path) -> None:
-    path = tmp_path / "l.sqlite3"
+def four_blocks(path: Path) -> tuple[pd.DataFrame, sqlite3.Connection, int]:
+    """17 records packed into four blocks: the frame read from rows, a connection, the second block's id."""
     fill(path, [rec(i) for i in range(17)])
     pack(path)
     truth = read_rows_only(path)
     db = connect(path)
     second = db.execute("SELECT id_after FROM request_blocks ORDER BY id_after LIMIT 1 OFFSET 1").fetchone()[0]
+    return truth, db, int(second)
+
+
+def test_a_broken_chain_or_another_format_falls_back_to_the_rows_and_packing_repairs_it(tmp_path: Path) -> None:
+    path = tmp_path / "l.sqlite3"
+    truth, db, second = four_blocks(path)
     db.execute("DELETE FROM request_blocks WHERE id_after = ?", (second,))  # a hole after the first block
     db.close()
     assert len(chain_of(path)) == 1
@@ -307,11 +309,7 @@ def test_a_prune_and_reused_ids_during_a_pack_never_store_the_old_rows(tmp_path:
 def test_a_damaged_block_is_read_from_the_rows_and_repacked(tmp_path: Path, damage: str,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "l.sqlite3"
-    fill(path, [rec(i) for i in range(17)])
-    pack(path)
-    truth = read_rows_only(path)
-    db = connect(path)
-    second = db.execute("SELECT id_after FROM request_blocks ORDER BY id_after LIMIT 1 OFFSET 1").fetchone()[0]
+    truth, db, second = four_blocks(path)
     change = {"blob": ("UPDATE request_blocks SET data = x'00ff' WHERE id_after = ?", ()),
               "layout": ("UPDATE request_blocks SET data = ? WHERE id_after = ?",
                          (zlib.compress(struct.pack("<I", 2) + b"{}"),)),
