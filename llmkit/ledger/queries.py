@@ -213,12 +213,13 @@ class History:
 
         When ``sel`` spans sessions, the blocks of the chain whose time range meets ``sel``'s come first
         (id order; rows outside ``sel``'s time range are the caller's to drop), then, as in ``snapshot``,
-        one ``rows`` read per list of names over the records past the chain. Without a session filter
-        and with many records past the chain, full blocks are packed first if the file is free."""
+        one ``rows`` read per list of names over the records past the chain. A read from the start of the
+        history (no session, no ``since``) with many records past the chain packs full blocks first if
+        the file is free."""
         use_blocks = sel.session_id is None and sel.after_id is None
         db = self.connect()
         try:
-            if use_blocks:
+            if use_blocks and sel.since is None:  # a read of the whole history (a time range uses the index)
                 self._pack_if_behind(db)
             db.execute("BEGIN")
             try:

@@ -356,8 +356,10 @@ def test_the_idle_writer_packs_and_a_read_far_behind_packs_first(tmp_path: Path,
     fill(path, [rec(i) for i in range(10)])
     monkeypatch.setattr(queries, "PACK_ON_READ", 8)
     assert chain_of(path) == []
+    assert len(read(path, Selection(since=NOW + 2))) == 8
+    assert chain_of(path) == []  # a time range reads through the index and packs nothing
     assert len(read(path)) == 10
-    assert len(chain_of(path)) == 2  # the read packed the two full blocks first
+    assert len(chain_of(path)) == 2  # a read of everything packed the two full blocks first
 
     monkeypatch.setattr(store, "_CHECKPOINT_IDLE_S", 0.01)
     monkeypatch.setattr(store, "_PACK_AGAIN_S", 0.01)
