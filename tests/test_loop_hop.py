@@ -138,3 +138,27 @@ def test_gathered_async_callers_each_get_their_answer(lt: LoopThread) -> None:
         return list(await asyncio.gather(*(lt.arun(quick()) for _ in range(50))))
 
     assert asyncio.run(caller()) == [1] * 50 and len(finished) == 50
+
+
+@pytest.mark.timeout(30)
+def test_a_held_finished_submission_keeps_its_result_but_not_its_task(lt: LoopThread) -> None:
+    """completion_async keeps each future until its result is fetched; the finished task (its context,
+    coroutine and callbacks) must not stay alive with it."""
+    import gc
+    import weakref
+
+    tasks: list[weakref.ref[asyncio.Task[object]]] = []
+
+    async def remember() -> int:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(weakref.ref(task))
+        await asyncio.sleep(0)
+        return 7
+
+    future = lt.submit(remember())
+    assert future.result(10) == 7
+    lt.run(_value(1))  # the loop has moved on past the task's last callbacks
+    gc.collect()
+    assert tasks[0]() is None
+    assert future.result(0) == 7
