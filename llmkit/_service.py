@@ -37,6 +37,38 @@ if TYPE_CHECKING:
     from .shared import SharedState
 
 
+class Flight:
+    """One request's time on the loop, around its routing and its record: counted in ``in_flight`` and
+    ended by ``close()`` from ``service.flight()`` on; its budget reservation (``await
+    flight.reserve(request)``) is released by ``end()``, which the caller runs after writing the record
+    (a ``finally``), so a budget never misses a cost in between."""
+
+    __slots__ = ("service", "task", "token")
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.token: Any = None
+        service.in_flight += 1
+        self.task = service._track()
+
+    async def reserve(self, request: Request) -> Any:
+        """Reserve ``request``'s budget (held across processes with a shared budget); a closing client
+        refuses it (``CancelledError``, recorded as ``ClientClosedError``)."""
+        service = self.service
+        if service.closing:
+            raise asyncio.CancelledError
+        self.token = service._reserve(request)
+        await service._hold(self.token)
+        return self.token
+
+    def end(self) -> None:
+        service = self.service
+        service._tasks.discard(self.task)
+        service.in_flight -= 1
+        if self.token is not None and service.budget is not None:
+            service.budget.release(self.token)
+
+
 class Service:
     """Owns a client's providers and everything that protects, prices and records their calls."""
 
@@ -86,14 +118,9 @@ class Service:
             return await self._serve_hit(request, *hit, started, t0)
         attempts: list[Attempt] = []
         paid: list[Response] = []  # each answered try (validation retries): charged however the request ends
-        self.in_flight += 1
-        token = None
-        task = self._track()
+        flight = self.flight()
         try:
-            if self.closing:
-                raise asyncio.CancelledError
-            token = self._reserve(request)
-            await self._hold(token)
+            token = await flight.reserve(request)
             rebudget, deadline = self._rebudget(token, request, paid), self._deadline_at(request, t0)
             response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
                 request, lambda req: self.router.route(req, attempts, deadline, rebudget),
@@ -110,10 +137,7 @@ class Service:
             await self._record(request, response, None, attempts, started, t0)
             return response
         finally:
-            self._tasks.discard(task)
-            self.in_flight -= 1
-            if token is not None and self.budget is not None:
-                self.budget.release(token)
+            flight.end()
 
     async def stream(self, request: Request, emit: Callable[[StreamChunk], Awaitable[None]]) -> Response:
         """Stream ``request`` into ``emit``: fallback and retries until the first chunk, then pass chunks on.
@@ -126,17 +150,12 @@ class Service:
         if hit is not None:  # replayed from the response cache as chunks
             return await self._serve_hit(request, *hit, started, t0, emit)
         attempts: list[Attempt] = []
-        self.in_flight += 1
-        token = None
         response: Response | None = None
         texts: list[str] = []
         slot: Slot | None = None
-        task = self._track()
+        flight = self.flight()
         try:
-            if self.closing:
-                raise asyncio.CancelledError
-            token = self._reserve(request)
-            await self._hold(token)
+            token = await flight.reserve(request)
             loop = asyncio.get_running_loop()
             total = self._timeout(request)
             hard = loop.time() + total if total is not None else math.inf
@@ -175,10 +194,7 @@ class Service:
             await self._record(request, response, None, attempts, started, t0, stream=True)
             return response
         finally:
-            self._tasks.discard(task)
-            self.in_flight -= 1
-            if token is not None and self.budget is not None:
-                self.budget.release(token)
+            flight.end()
 
     async def _pump(self, request: Request, slot: Slot, chunk: StreamChunk | None, agen: AsyncIterator[StreamChunk],
                     emit: Callable[[StreamChunk], Awaitable[None]], texts: list[str], hard: float) -> Response | None:
@@ -240,6 +256,10 @@ class Service:
         content = "".join(texts)
         return Response(id=request.id, content=content, provider=slot.name, model=request.model,
                         usage=estimate_usage(request, content), requested_model=request.model)
+
+    def flight(self) -> Flight:
+        """Start a request's time on the loop (see ``Flight``); the caller ends it in a ``finally``."""
+        return Flight(self)
 
     def _track(self) -> asyncio.Task[Any] | None:
         task = asyncio.current_task()

@@ -219,14 +219,9 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
     candidates = embedding_candidates(service, request)
     t0, started = service.clock(), service.wallclock()
     attempts: list[Attempt] = []
-    service.in_flight += 1
-    token = None
-    task = service._track()  # so that close() ends it like a completion
+    flight = service.flight()  # counted, ended by close() like a completion, its budget released at the end
     try:
-        if service.closing:
-            raise asyncio.CancelledError
-        token = service._reserve(request)
-        await service._hold(token)  # a shared (Redis) budget holds it across processes
+        token = await flight.reserve(request)
         deadline = service._deadline_at(request, t0)
 
         async def call(provider: Provider, req: Request) -> EmbeddingResponse:
@@ -250,10 +245,7 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         await _record(service, request, response, None, attempts, started, t0)
         return response
     finally:
-        service._tasks.discard(task)
-        service.in_flight -= 1
-        if token is not None and service.budget is not None:
-            service.budget.release(token)
+        flight.end()
 
 
 def _cost(service: Service, request: Request, response: EmbeddingResponse) -> float | None:
