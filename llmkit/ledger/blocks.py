@@ -132,7 +132,7 @@ class Block:
     def table(self, name: str) -> list[str]:
         return list(self.layout[name][3])
 
-    def texts(self, name: str) -> tuple[list[str | None], str | None]:
+    def texts(self, name: str) -> tuple[Sequence[str | None], str | None]:
         """A text column and how it marks a missing value: ``NONE`` (the caller turns it into None or
         NaN: faster than doing it here), or None."""
         kind, offset, length = self.layout[name][:3]
@@ -140,7 +140,7 @@ class Block:
             return [None] * self.rows, None
         raw = bytes(self.body[offset:offset + length]).decode(errors="surrogatepass")
         if kind == "s":
-            return (list(raw.split(_SEPARATOR)) if self.rows else []), NONE
+            return (raw.split(_SEPARATOR) if self.rows else []), NONE
         return json.loads(raw), None
 
 

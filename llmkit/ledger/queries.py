@@ -188,32 +188,15 @@ class History:
 
     def rows(self, sel: Selection, names: Sequence[str]) -> list[tuple[Any, ...]]:
         """The selected records' ``names`` columns, oldest first."""
-        where, params = sel.where()
-        order = "time, id" if sel.since is not None or sel.until is not None else "id"
-        return self._query(f"SELECT {', '.join(names)} FROM requests{where} ORDER BY {order}", params)
-
-    def snapshot(self, sel: Selection, groups: Sequence[Sequence[str]]) -> list[list[tuple[Any, ...]]]:
-        """Several ``rows`` reads (one per list of column names) from one consistent snapshot of the file,
-        each in the same record order."""
-        where, params = sel.where()
-        order = "time, id" if sel.since is not None or sel.until is not None else "id"
-        db = self.connect()
-        try:
-            db.execute("BEGIN")  # one read transaction: a concurrent writer cannot make the reads disagree
-            out = [db.execute(f"SELECT {', '.join(names) or 'id'} FROM requests{where} ORDER BY {order}",
-                              params).fetchall() if names else [] for names in groups]
-            db.execute("COMMIT")
-            return out
-        finally:
-            db.close()
+        return self._query(*_select(sel, names))
 
     def columns(self, sel: Selection,
                 groups: Sequence[Sequence[str]]) -> tuple[list[Block], list[list[tuple[Any, ...]]]]:
         """The selected records as column blocks plus rows, from one consistent snapshot of the file.
 
         When ``sel`` spans sessions, the blocks of the chain whose time range meets ``sel``'s come first
-        (id order; rows outside ``sel``'s time range are the caller's to drop), then, as in ``snapshot``,
-        one ``rows`` read per list of names over the records past the chain. A read from the start of the
+        (id order; rows outside ``sel``'s time range are the caller's to drop), then one ``rows`` read
+        per list of names over the records past the chain. A read from the start of the
         history (no session, no ``since``) with many records past the chain packs full blocks first if
         the file is free."""
         use_blocks = sel.session_id is None and sel.after_id is None
@@ -233,10 +216,7 @@ class History:
                                    "rows instead", self.path)
                 top = links[-1].hi if links else 0
                 tail = Selection(sel.since, sel.until, sel.session_id, top) if top else sel
-                where, params = tail.where()
-                order = "time, id" if sel.since is not None or sel.until is not None else "id"
-                out = [db.execute(f"SELECT {', '.join(names) or 'id'} FROM requests{where} ORDER BY {order}",
-                                  params).fetchall() if names else [] for names in groups]
+                out = [db.execute(*_select(tail, names)).fetchall() if names else [] for names in groups]
             finally:
                 db.execute("COMMIT")
             if damaged is not None:
@@ -447,6 +427,13 @@ class History:
         finally:
             db.close()
         return {"deleted": int(deleted), "before": before, "rollup": rollup, "rollup_rows": int(days)}
+
+
+def _select(sel: Selection, names: Sequence[str]) -> tuple[str, list[Any]]:
+    """The SQL reading ``names`` of the selected records, oldest first (by time within a time range)."""
+    where, params = sel.where()
+    order = "time, id" if sel.since is not None or sel.until is not None else "id"
+    return f"SELECT {', '.join(names)} FROM requests{where} ORDER BY {order}", params
 
 
 def _quietly(fn: Any, db: sqlite3.Connection, default: Any) -> Any:
