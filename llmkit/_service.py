@@ -120,7 +120,8 @@ class Service:
         paid: list[Response] = []  # each answered try (validation retries): charged however the request ends
         flight = self.flight()
         try:
-            token = await flight.reserve(request)
+            # no budget: nothing to reserve (``reserve`` would only refuse a closing client)
+            token = None if self.budget is None and not self.closing else await flight.reserve(request)
             rebudget, deadline = self._rebudget(token, request, paid), self._deadline_at(request, t0)
             response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
                 request, lambda req: self.router.route(req, attempts, deadline, rebudget),

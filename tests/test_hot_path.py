@@ -81,3 +81,28 @@ def test_parsed_urls_follow_the_base_url_and_keep_the_query() -> None:
     provider.base_url = "http://127.0.0.1:2/v1"
     assert str(provider._parsed_url("/chat/completions")) == "http://127.0.0.1:2/v1/chat/completions?api-version=2"
     assert provider._timeout(None) is provider._timeout(None) and provider._timeout(3.0).read == 3.0
+
+
+def test_kept_candidates_are_the_ones_computed_and_each_caller_gets_its_own_list() -> None:
+    from llmkit._config import parse_client_config
+    from llmkit._errors import NoProviderError
+    from llmkit._service import Service
+    from llmkit.routing import router as router_module
+
+    config = parse_client_config({"providers": [
+        {"name": "a", "adapter": "mock", "models": ["gpt-*"], "priority": 1},
+        {"name": "b", "adapter": "mock", "models": ["*"], "priority": 2}],
+        "fallbacks": {"gpt-x": ["claude-y"]}, "ledger": None, "health_interval": None})
+    router = Service(config, Clock()).router
+    first = router.candidates("gpt-x")
+    assert [(s.name, m) for s, m in first] == [("a", "gpt-x"), ("b", "gpt-x"), ("b", "claude-y")]
+    first.clear()  # a caller's list is its own: the kept one is not touched
+    assert [(s.name, m) for s, m in router.candidates("gpt-x")] == [("a", "gpt-x"), ("b", "gpt-x"), ("b", "claude-y")]
+    assert [(s.name, m) for s, m in router.candidates("gpt-x", "b")] == [("b", "gpt-x"), ("b", "claude-y")]
+    for _ in range(2):  # an unknown provider is refused every time (never kept)
+        with pytest.raises(NoProviderError):
+            router.candidates("gpt-x", "nope")
+    for i in range(router_module._CANDIDATES_KEPT + 5):  # many model names: the table starts over, answers stay right
+        assert [s.name for s, _ in router.candidates(f"m{i}")] == ["b"]
+    assert len(router._candidates) <= router_module._CANDIDATES_KEPT
+    assert [s.name for s, _ in router.candidates("gpt-1")] == ["a", "b"]

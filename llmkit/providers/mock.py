@@ -174,7 +174,9 @@ class MockProvider(Provider):
 
     def _usage(self, request: Request, reply: str, calls: list[ToolCall] | None = None) -> Usage:
         prompt_tokens = base_prompt_tokens(request)
-        out = estimate_tokens(reply) + sum(estimate_tokens(c.raw_arguments) + 4 for c in calls or ())
+        out = estimate_tokens(reply)
+        if calls:
+            out += sum(estimate_tokens(c.raw_arguments) + 4 for c in calls)
         if request.max_tokens is not None:
             out = min(out, request.max_tokens)
         return Usage(input_tokens=prompt_tokens, output_tokens=out,
@@ -188,7 +190,9 @@ class MockProvider(Provider):
 
     async def complete(self, request: Request) -> Response:
         self.calls += 1
-        await self._wait()
+        low, high = self.latency
+        if low != high or low > 0:  # (no latency: no wait, and the generator is not drawn from)
+            await self._wait()
         self._maybe_fail()
         reply, calls = self._answer(request)
         raw: dict[str, Any] = {"mock": True, "content": reply}

@@ -67,6 +67,9 @@ class _Listener(pybreaker.CircuitBreakerListener):
 class Breaker:
     """One provider's circuit breaker."""
 
+    #: Whether the router must await ``sync()`` before ``admit()`` (a shared breaker reads Redis there).
+    syncs = False
+
     def __init__(self, provider: str, config: BreakerConfig, clock: Callable[[], float],
                  events: EventLog | None = None) -> None:
         self.provider = provider

@@ -39,9 +39,15 @@ class PriorityGate:
     def waiting(self) -> int:
         return len(self._waiters)
 
-    async def acquire(self, priority: int = 0) -> None:
+    def try_acquire(self) -> bool:
+        """Take a free place without waiting (what ``acquire`` does first); False when it would wait."""
         if self.in_use < self.capacity and not self._waiters:
             self.in_use += 1
+            return True
+        return False
+
+    async def acquire(self, priority: int = 0) -> None:
+        if self.try_acquire():
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (priority, next(_arrivals), future)

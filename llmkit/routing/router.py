@@ -103,6 +103,11 @@ def _retryable(cap: float) -> Callable[[BaseException], bool]:
     return check
 
 
+def _complete(provider: Provider, request: Request) -> Awaitable[Response]:
+    """The call ``route`` makes: the provider's completion (its coroutine, awaited by the router)."""
+    return provider.complete(request)
+
+
 def _describe(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, redact(str(exc))[:500]
 
@@ -122,11 +127,23 @@ class Router:
         self.retry_after_cap = retry_after_cap
         self.on_attempt = on_attempt
         self._is_retryable = _retryable(retry_after_cap)
+        # candidates by (model, provider): slots and fallbacks never change after construction
+        self._candidates: dict[tuple[str, str | None], list[tuple[Slot, str]]] = {}
 
     # -- candidates ----------------------------------------------------------------------------
 
     def candidates(self, model: str, provider: str | None = None) -> list[tuple[Slot, str]]:
-        """(slot, model) pairs to try in order; raises ``NoProviderError`` when there are none."""
+        """(slot, model) pairs to try in order (a fresh list); raises ``NoProviderError`` when there are none."""
+        found = self._candidates.get((model, provider))
+        if found is not None:
+            return found.copy()
+        found = self._find_candidates(model, provider)
+        if len(self._candidates) >= _CANDIDATES_KEPT:
+            self._candidates.clear()  # many distinct model names: start over rather than grow without bound
+        self._candidates[(model, provider)] = found
+        return found.copy()
+
+    def _find_candidates(self, model: str, provider: str | None) -> list[tuple[Slot, str]]:
         if provider is not None and provider not in self.by_name:
             raise NoProviderError(f"no provider named {provider!r}; configured: {sorted(self.by_name)}")
         out: list[tuple[Slot, str]] = []
@@ -146,12 +163,9 @@ class Router:
 
     async def route(self, request: Request, attempts: list[Attempt], deadline: float,
                     before: BeforeCandidate | None = None) -> Response:
-        async def call(provider: Provider, req: Request) -> Response:
-            return await provider.complete(req)
-
         if request.wait_for_breaker:
-            return await self._waiting_out_outages(request, attempts, deadline, call, before)
-        return await self._with_fallback(request, attempts, deadline, call, before)
+            return await self._waiting_out_outages(request, attempts, deadline, _complete, before)
+        return await self._with_fallback(request, attempts, deadline, _complete, before)
 
     async def route_call(self, request: Request, attempts: list[Attempt], deadline: float,
                          call: Callable[[Provider, Request], Awaitable[T]], before: BeforeCandidate | None = None,
@@ -289,24 +303,28 @@ class Router:
     async def _attempt(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                        call: Callable[[Provider, Request], Awaitable[T]]) -> T:
         self._skip_if_open(slot, request, attempts, retry)  # fail fast: don't queue for an open circuit
-        self._skip_if_paused(slot, request, attempts, retry, slot.throttle.paused_for())
-        start = self.clock()
-        await slot.gate.acquire(request.priority)
+        throttle, gate = slot.throttle, slot.gate
+        self._skip_if_paused(slot, request, attempts, retry, throttle.paused_for())
+        start = None
+        if not gate.try_acquire():  # no free place: wait for one, in priority order
+            start = self.clock()
+            await gate.acquire(request.priority)
         try:
-            queued = self.clock() - start
-            if queued > 0.001:
+            if start is not None and (queued := self.clock() - start) > 0.001:
                 self.events.emit("queue_wait", slot.name, request.id, waited_s=queued)
-            estimate = request_tokens(request)
-            try:
-                waited = await slot.throttle.acquire(request.priority, estimate, self.retry_after_cap)
-            except PausedTooLong as exc:  # the pause grew past the cap while this request waited
-                self._skip_if_paused(slot, request, attempts, retry, exc.remaining_s)
-                raise
-            if waited > 0.001:
-                self.events.emit("rate_limit_wait", slot.name, request.id, waited_s=waited)
+            # the token estimate is only used by a tokens-per-minute limit (none configured: never computed)
+            estimate = request_tokens(request) if throttle.limits is not None else 0
+            if throttle.active:  # rate limits, or a server's pause: wait for them
+                try:
+                    waited = await throttle.acquire(request.priority, estimate, self.retry_after_cap)
+                except PausedTooLong as exc:  # the pause grew past the cap while this request waited
+                    self._skip_if_paused(slot, request, attempts, retry, exc.remaining_s)
+                    raise
+                if waited > 0.001:
+                    self.events.emit("rate_limit_wait", slot.name, request.id, waited_s=waited)
             return await self._call(slot, request, attempts, retry, call, estimate)
         finally:
-            slot.gate.release()
+            gate.release()
 
     def _skip_if_open(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int) -> None:
         wait = slot.breaker.retry_in()
@@ -330,9 +348,11 @@ class Router:
 
     async def _call(self, slot: Slot, request: Request, attempts: list[Attempt], retry: int,
                     call: Callable[[Provider, Request], Awaitable[T]], estimate: int) -> T:
-        await slot.breaker.sync()  # a shared breaker reads its state (no-op locally)
+        breaker = slot.breaker
+        if breaker.syncs:
+            await breaker.sync()  # a shared breaker reads its state (a local one has nothing to read)
         try:
-            probe = slot.breaker.admit()
+            probe = breaker.admit()
         except CircuitOpenError as exc:
             self._record(attempts, slot, request, "skipped", exc, 0.0, retry)
             raise
@@ -366,7 +386,8 @@ class Router:
 
     def _after_response(self, slot: Slot, request: Request, response: Response | EmbeddingResponse,
                         estimate: int) -> None:
-        slot.throttle.correct(estimate, response.usage.total_tokens)
+        if slot.throttle.limits is not None:  # (no limits: nothing to correct)
+            slot.throttle.correct(estimate, response.usage.total_tokens)
         info = response.rate_limit
         pause = info.pause_s() if info is not None else None
         if pause:
@@ -393,6 +414,9 @@ class _Cancelled(Exception):
 
 _Cancelled.__name__ = "Cancelled"
 
+
+#: (model, provider) pairs whose candidates the router keeps (cleared when full).
+_CANDIDATES_KEPT = 1024
 
 #: How often a request waiting out an outage looks again while a probe is in flight (doubling up to the max).
 OUTAGE_POLL_S = 0.05

@@ -105,6 +105,8 @@ class LocalBreaker(Protocol):
 class SharedBreaker:
     """One provider's breaker, shared through Redis under ``<namespace>:breaker:{<provider>}``."""
 
+    syncs = True  # the router awaits ``sync()`` before each ``admit()``
+
     def __init__(self, provider: str, config: BreakerConfig, timeout_s: float, link: RedisLink,
                  local: LocalBreaker, events: EventLog | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
