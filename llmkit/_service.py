@@ -364,17 +364,14 @@ class Service:
         if response is not None:
             u = response.usage
             cancelled = status == "cancelled"
-            record = LedgerRecord(
-                request_id=request.id, time=now, started=started, provider=response.provider,
-                model=response.model, requested_model=request.model, status=status,
-                error_type="CancelledError" if cancelled else None,
-                error_message=_cancelled_message(request, stream) if cancelled else None,
-                input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-                cache_read_tokens=u.cache_read_tokens, cache_write_tokens=u.cache_write_tokens,
-                reasoning_tokens=u.reasoning_tokens, usage_estimated=u.estimated, cost_usd=response.cost_usd,
-                latency_s=response.latency_s, attempts=len(attempts), fallback=response.fallback, stream=stream,
-                priority=request.priority, metadata=request.metadata or None, prompt=self._prompt(request),
-                session_id=self.session_id, cached=response.cached, usage_suspect=u.suspect, cost_saved_usd=saved,
+            record = LedgerRecord(  # by position, in FIELDS order (28 keywords cost a request ~1 µs)
+                request.id, now, started, response.provider, response.model, request.model, status,
+                "CancelledError" if cancelled else None,  # error_type
+                _cancelled_message(request, stream) if cancelled else None,  # error_message
+                u.input_tokens, u.output_tokens, u.cache_read_tokens, u.cache_write_tokens, u.reasoning_tokens,
+                u.estimated, response.cost_usd, response.latency_s, len(attempts), response.fallback, stream,
+                request.priority, request.metadata or None, self._prompt(request), self.session_id,
+                "completion", response.cached, saved, u.suspect,  # kind, cached, cost_saved_usd, usage_suspect
             )
         else:
             last = attempts[-1] if attempts else None

@@ -129,10 +129,10 @@ def sane_usage(usage: Usage) -> Usage:
 
     A broken server must never make a negative cost, overflow a ledger column or break the frames.
     """
-    counts = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens,
-              usage.reasoning_tokens)
-    if all(type(v) is int and 0 <= v <= MAX_TOKENS for v in counts):  # the usual case: nothing to clamp
-        return usage
+    counts = i, o, cr, cw, r = (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens,
+                                usage.cache_write_tokens, usage.reasoning_tokens)
+    if type(i) is type(o) is type(cr) is type(cw) is type(r) is int and min(counts) >= 0 and max(counts) <= MAX_TOKENS:
+        return usage  # the usual case: nothing to clamp
     suspect = usage.suspect
     for name in _COUNTS:
         value = getattr(usage, name)

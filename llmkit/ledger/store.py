@@ -87,6 +87,8 @@ class LedgerRecord:
 if tuple(f.name for f in fields(LedgerRecord)) != FIELDS:  # one order for the record, the table and the frames
     raise ImportError("llmkit.ledger.schema.FIELDS is out of step with LedgerRecord")
 
+#: Row positions ``Ledger._store`` handles one by one (the other columns go through its bound appends).
+_STORED_APART = tuple(FIELDS.index(name) for name in ("request_id", "error_message", "cost_usd", "metadata", "prompt"))
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
 _BATCH = 1024
@@ -119,18 +121,15 @@ class _Codes:
 
     def __init__(self) -> None:
         self.table: list[str] = []
-        self.index: dict[str, int] = {}
+        self.index: dict[str | None, int] = {None: -1}  # (None is looked up like any value)
         self.codes: array[int] = array("i")
 
     def add(self, value: str | None) -> None:
-        if value is None:
-            self.codes.append(-1)
-            return
         code = self.index.get(value)
-        if code is None:
+        if code is None and value is not None:
             code = self.index[value] = len(self.table)
             self.table.append(sys.intern(value))
-        self.codes.append(code)
+        self.codes.append(-1 if code is None else code)
 
     def get(self, i: int) -> str | None:
         code = self.codes[i]
@@ -153,24 +152,30 @@ def _opt_str(value: Any, name: str) -> str | None:
     raise TypeError(f"ledger record field {name!r} must be a str or None, got {type(value).__name__}")
 
 
+_OPTIONAL_TEXTS = ("provider", "model", "error_type", "error_message", "prompt", "session_id")
+
+
 def _to_row(r: LedgerRecord) -> tuple[Any, ...]:
     """The record as a validated SQLite row, in ``FIELDS`` order (plain int/float/str/None values)."""
     if not isinstance(r.request_id, str) or not r.request_id:
         raise TypeError(f"ledger record request_id must be a non-empty str, got {r.request_id!r}")
     if r.status not in STATUSES:
         raise ValueError(f"ledger record status must be one of {STATUSES}, got {r.status!r}")
+    provider, model, error_type, error_message, prompt, session_id = texts = (
+        r.provider, r.model, r.error_type, r.error_message, r.prompt, r.session_id)
+    for value, name in zip(texts, _OPTIONAL_TEXTS, strict=True):
+        if value is not None and not isinstance(value, str):
+            _opt_str(value, name)  # raises
     cost = None if r.cost_usd is None else float(r.cost_usd)
     if cost is not None and not math.isfinite(cost):
         cost = None
     return (
-        r.request_id, float(r.time), float(r.started), _opt_str(r.provider, "provider"), _opt_str(r.model, "model"),
-        str(r.requested_model), r.status, _opt_str(r.error_type, "error_type"),
-        _opt_str(r.error_message, "error_message"),
-        int(r.input_tokens), int(r.output_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
-        int(r.reasoning_tokens), int(bool(r.usage_estimated)), cost, float(r.latency_s), int(r.attempts),
-        int(bool(r.fallback)), int(bool(r.stream)), int(r.priority), _dump_metadata(r.metadata),
-        _opt_str(r.prompt, "prompt"), _opt_str(r.session_id, "session_id"), str(r.kind), int(bool(r.cached)),
-        _finite(r.cost_saved_usd), int(bool(r.usage_suspect)),
+        r.request_id, float(r.time), float(r.started), provider, model, str(r.requested_model), r.status, error_type,
+        error_message, int(r.input_tokens), int(r.output_tokens), int(r.cache_read_tokens), int(r.cache_write_tokens),
+        int(r.reasoning_tokens), 1 if r.usage_estimated else 0, cost, float(r.latency_s), int(r.attempts),
+        1 if r.fallback else 0, 1 if r.stream else 0, int(r.priority),
+        _dump_metadata(r.metadata), prompt, session_id, str(r.kind),
+        1 if r.cached else 0, _finite(r.cost_saved_usd), 1 if r.usage_suspect else 0,
     )
 
 
@@ -456,6 +461,11 @@ class Ledger:
         self._bools = {name: array("b") for name in BOOLS}
         self._coded = {name: _Codes() for name in CODED}
         self._texts: dict[str, list[str | None]] = {name: [] for name in TEXTS}
+        # what ``_store`` appends to, bound once (the columns only ever change in place), with each one's row position
+        self._numbers = tuple((columns[name].append, FIELDS.index(name))
+                              for columns, names in ((self._floats, FLOATS), (self._ints, INTS), (self._bools, BOOLS))
+                              for name in names if name != "cost_usd")
+        self._codes = tuple((c.index, c.codes.append, c, FIELDS.index(name)) for name, c in self._coded.items())
         self._total_cost = 0.0
         self._writer: _Writer | None = None
         self._forked = False  # opened before os.fork() and this is the child: reconnect on the next write
@@ -495,8 +505,8 @@ class Ledger:
         """Add ``record``: in memory at once, committed to SQLite before this returns (off the loop); if
         another process holds the file's lock, it returns after one short attempt and the row is written
         in the background as soon as the file is free."""
-        waiter = self._submit(record, asyncio.get_running_loop())
-        if isinstance(waiter, asyncio.Future):
+        waiter = self._submit(record, None if self.path is None else asyncio.get_running_loop())
+        if isinstance(waiter, asyncio.Future):  # (memory only: nothing to wait for)
             await waiter
 
     def append_sync(self, record: LedgerRecord) -> None:
@@ -556,26 +566,18 @@ class Ledger:
                 writer.db_lock.release()
 
     def _store(self, row: tuple[Any, ...]) -> None:
-        """Append one row (in ``FIELDS`` order, as SQLite holds it) to the columns; the caller holds the lock."""
-        (request_id, time, started, provider, model, requested_model, status, error_type, error_message,
-         input_tokens, output_tokens, cache_read, cache_write, reasoning, usage_estimated, cost_usd, latency_s,
-         attempts, fallback, stream, priority, metadata, prompt, session_id, kind, cached, cost_saved,
-         usage_suspect) = row
-        cost = math.nan if cost_usd is None else cost_usd
-        for name, value in (("time", time), ("started", started), ("cost_usd", cost), ("latency_s", latency_s),
-                            ("cost_saved_usd", cost_saved)):
-            self._floats[name].append(value)
-        for name, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
-                            ("cache_read_tokens", cache_read), ("cache_write_tokens", cache_write),
-                            ("reasoning_tokens", reasoning), ("attempts", attempts), ("priority", priority)):
-            self._ints[name].append(value)
-        for name, value in (("usage_estimated", usage_estimated), ("fallback", fallback), ("stream", stream),
-                            ("cached", cached), ("usage_suspect", usage_suspect)):
-            self._bools[name].append(1 if value else 0)
-        for name, value in (("provider", provider), ("model", model), ("requested_model", requested_model),
-                            ("status", status), ("error_type", error_type), ("session_id", session_id),
-                            ("kind", kind)):
-            self._coded[name].add(value)
+        """Append one row (in ``FIELDS`` order, as SQLite holds it: ``_to_row``'s, bools already 0 or 1) to the
+        columns; the caller holds the lock."""
+        for append, i in self._numbers:  # floats (cost_usd below), ints and bools
+            append(row[i])
+        for index, append, coded, i in self._codes:
+            code = index.get(row[i])
+            if code is None:
+                coded.add(row[i])  # a new value: into the table
+            else:
+                append(code)
+        request_id, error_message, cost_usd, metadata, prompt = (row[i] for i in _STORED_APART)
+        self._floats["cost_usd"].append(math.nan if cost_usd is None else cost_usd)
         texts = self._texts
         texts["request_id"].append(request_id)
         texts["error_message"].append(_intern(error_message))
