@@ -32,6 +32,7 @@ from .providers.base import estimate_usage, prompt_tokens
 from .routing.budget import Budget, Reservation
 from .routing.health import HealthMonitor
 from .routing.router import DEFAULT_OUTPUT_ESTIMATE, Router, Sleep, Slot
+from .routing.timeouts import Timeout
 
 if TYPE_CHECKING:
     from .shared import SharedState
@@ -286,7 +287,7 @@ class Service:
         """Bound ``work`` by the request's overall timeout (on the loop's own clock)."""
         timeout = self._timeout(request)
         try:
-            async with asyncio.timeout(timeout):
+            with Timeout(timeout):
                 return await work
         except TimeoutError:
             tried = ", ".join(f"{a.provider}:{a.outcome}" for a in attempts) or "nothing yet"

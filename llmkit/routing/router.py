@@ -39,6 +39,7 @@ from .._types import Attempt, EmbeddingResponse, Request, Response, StreamChunk
 from ..providers.base import Provider, prompt_tokens
 from .breaker import Breaker
 from .limits import PausedTooLong, PriorityGate, Throttle
+from .timeouts import Timeout
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -358,7 +359,7 @@ class Router:
             raise
         start = self.clock()
         try:
-            async with asyncio.timeout(slot.config.timeout):
+            with Timeout(slot.config.timeout):
                 result = await call(slot.provider, request)
         except asyncio.CancelledError:
             if probe:
