@@ -106,3 +106,26 @@ def test_kept_candidates_are_the_ones_computed_and_each_caller_gets_its_own_list
         assert [s.name for s, _ in router.candidates(f"m{i}")] == ["b"]
     assert len(router._candidates) <= router_module._CANDIDATES_KEPT
     assert [s.name for s, _ in router.candidates("gpt-1")] == ["a", "b"]
+
+
+def test_the_event_buffer_reads_back_what_was_emitted_and_leaves_the_collector_alone() -> None:
+    import gc
+
+    from llmkit._events import Event, EventLog
+
+    heard: list[Event] = []
+    log = EventLog(maxlen=3, wallclock=lambda: 5.0)
+    log.subscribe(heard.append)
+    log.emit("attempt", "p", "r1", model="m", outcome="ok", error=None, duration_s=0.25, retry=0)
+    log.emit("breaker", "p", old="closed", new="open")
+    log.emit("request")
+    log.emit("request", "p", "r2", status="ok", cost_usd=None)
+    assert [e.seq for e in log.snapshot()] == [2, 3, 4]  # the oldest left past maxlen
+    assert log.snapshot("request") == [Event(3, 5.0, "request", None, None, {}),
+                                       Event(4, 5.0, "request", "p", "r2", {"status": "ok", "cost_usd": None})]
+    assert log.since(2) == log.snapshot()[1:] and log.since(4) == []
+    assert heard[0] == Event(1, 5.0, "attempt", "p", "r1",
+                             {"model": "m", "outcome": "ok", "error": None, "duration_s": 0.25, "retry": 0})
+    assert list(heard[0].detail) == ["model", "outcome", "error", "duration_s", "retry"]  # in the order given
+    gc.collect()
+    assert not any(gc.is_tracked(kept) for kept in log._events)  # a full buffer costs full collections nothing

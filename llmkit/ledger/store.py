@@ -40,6 +40,7 @@ from array import array
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,9 @@ class LedgerRecord:
 if tuple(f.name for f in fields(LedgerRecord)) != FIELDS:  # one order for the record, the table and the frames
     raise ImportError("llmkit.ledger.schema.FIELDS is out of step with LedgerRecord")
 
-#: Row positions ``Ledger._store`` handles one by one (the other columns go through its bound appends).
-_STORED_APART = tuple(FIELDS.index(name) for name in ("request_id", "error_message", "cost_usd", "metadata", "prompt"))
+#: The row values ``Ledger._store`` handles one by one (the other columns go through its bound appends).
+_stored_apart = itemgetter(*(FIELDS.index(name) for name in ("request_id", "error_message", "cost_usd", "metadata",
+                                                            "prompt")))
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
 _BATCH = 1024
@@ -576,7 +578,7 @@ class Ledger:
                 coded.add(row[i])  # a new value: into the table
             else:
                 append(code)
-        request_id, error_message, cost_usd, metadata, prompt = (row[i] for i in _STORED_APART)
+        request_id, error_message, cost_usd, metadata, prompt = _stored_apart(row)
         self._floats["cost_usd"].append(math.nan if cost_usd is None else cost_usd)
         texts = self._texts
         texts["request_id"].append(request_id)
