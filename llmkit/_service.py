@@ -124,10 +124,14 @@ class Service:
             # no budget: nothing to reserve (``reserve`` would only refuse a closing client)
             token = None if self.budget is None and not self.closing else await flight.reserve(request)
             rebudget, deadline = self._rebudget(token, request, paid), self._deadline_at(request, t0)
-            response = await self._deadline(request, t0, attempts, structured.complete(  # validation retries
-                request, lambda req: self.router.route(req, attempts, deadline, rebudget),
-                lambda resp: self._finish_response(request, resp, attempts, t0), self.config.max_validation_retries,
-                lambda n, errors: self._note_retry(request, n, errors), paid))
+            if structured.wants_check(request):  # structured output or tools: checked, asked again on a bad answer
+                work = structured.complete(
+                    request, lambda req: self.router.route(req, attempts, deadline, rebudget),
+                    lambda resp: self._finish_response(request, resp, attempts, t0),
+                    self.config.max_validation_retries, lambda n, errors: self._note_retry(request, n, errors), paid)
+            else:
+                work = self._answer(request, attempts, deadline, rebudget, t0, paid)
+            response = await self._deadline(request, t0, attempts, work)
             self.cache.store(request, response)  # validated answers only
         except BaseException as exc:
             closed = self._closed_error(request, exc)
@@ -140,6 +144,15 @@ class Service:
             return response
         finally:
             flight.end()
+
+    async def _answer(self, request: Request, attempts: list[Attempt], deadline: float,
+                      rebudget: Callable[[Slot, Request], None] | None, t0: float, paid: list[Response]) -> Response:
+        """One routed answer, stamped and priced: ``structured.complete`` for a request with nothing to check,
+        without its callbacks."""
+        response = await self.router.route(request, attempts, deadline, rebudget)
+        self._finish_response(request, response, attempts, t0)
+        paid.append(response)
+        return response
 
     async def stream(self, request: Request, emit: Callable[[StreamChunk], Awaitable[None]]) -> Response:
         """Stream ``request`` into ``emit``: fallback and retries until the first chunk, then pass chunks on.

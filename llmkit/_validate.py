@@ -13,6 +13,7 @@ from ._errors import InvalidRequestError
 from ._types import ROLES, Request, Usage
 
 _KNOWN = {"model", "messages", "temperature", "max_tokens", "timeout", "priority", "metadata", "provider"}
+_NOT_EXTRA = frozenset({"stream", "stream_options", "messages", "model"} | _KNOWN)
 
 
 def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tokens: Any = None,
@@ -21,7 +22,7 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     """Validate every argument and return a frozen ``Request``; raises ``InvalidRequestError``."""
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequestError(f"model: expected a non-empty model name, got {model!r}")
-    checked = _messages(structured.tool_call_dicts(messages))
+    checked, tool_turns = _messages(structured.tool_call_dicts(messages))
     if temperature is not None and (
         not isinstance(temperature, (int, float)) or isinstance(temperature, bool)
         or not math.isfinite(temperature) or not 0.0 <= temperature <= 2.0
@@ -46,13 +47,16 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
     wait_for_breaker = extra.pop("wait_for_breaker", False)
     if not isinstance(wait_for_breaker, bool):
         raise InvalidRequestError(f"wait_for_breaker: expected True or False, got {wait_for_breaker!r}")
-    if "stream" in extra:
-        raise InvalidRequestError("stream: not an argument here; use client.stream(...) or client.astream(...)")
-    clash = set(extra) & ({"stream", "stream_options", "messages", "model"} | _KNOWN)
-    if clash:
-        raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
-    response_model, max_validation_retries = structured.take_arguments(extra)
-    checked = _conversation.check(checked, extra)
+    response_model = max_validation_retries = None
+    if extra:  # (none: nothing below has anything to check)
+        if "stream" in extra:
+            raise InvalidRequestError("stream: not an argument here; use client.stream(...) or client.astream(...)")
+        clash = _NOT_EXTRA.intersection(extra)
+        if clash:
+            raise InvalidRequestError(f"{sorted(clash)[0]}: not accepted as an extra argument")
+        response_model, max_validation_retries = structured.take_arguments(extra)
+    if tool_turns or "parallel_tool_calls" in extra:  # (plain turns only: the exchange check finds nothing)
+        checked = _conversation.check(checked, extra)
     for key, value in extra.items():
         if isinstance(value, int) and not isinstance(value, bool) and not _is_int64(value):
             raise InvalidRequestError(f"{key}: expected a 64-bit integer, got {value!r}")
@@ -64,7 +68,8 @@ def build_request(model: Any, messages: Any, *, temperature: Any = None, max_tok
                    wait_for_breaker=wait_for_breaker)
 
 
-def _messages(messages: Any) -> tuple[dict[str, Any], ...]:
+def _messages(messages: Any) -> tuple[tuple[dict[str, Any], ...], bool]:
+    """The checked messages (copies), and whether any is a tool call or a tool result."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise InvalidRequestError(
             "messages: expected a list of {'role': ..., 'content': ...} dicts, "
@@ -73,6 +78,7 @@ def _messages(messages: Any) -> tuple[dict[str, Any], ...]:
     if not messages:
         raise InvalidRequestError("messages: expected at least one message, got an empty list")
     out = []
+    tool_turns = False
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):
             raise InvalidRequestError(f"messages[{i}]: expected a dict with 'role' and 'content', "
@@ -90,7 +96,8 @@ def _messages(messages: Any) -> tuple[dict[str, Any], ...]:
                                       f"got {type(content).__name__}")
         encodable(f"messages[{i}]", message)
         out.append(dict(message))
-    return tuple(out)
+        tool_turns = tool_turns or role == "tool" or "tool_calls" in message
+    return tuple(out), tool_turns
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
