@@ -129,3 +129,25 @@ def test_the_event_buffer_reads_back_what_was_emitted_and_leaves_the_collector_a
     assert list(heard[0].detail) == ["model", "outcome", "error", "duration_s", "retry"]  # in the order given
     gc.collect()
     assert not any(gc.is_tracked(kept) for kept in log._events)  # a full buffer costs full collections nothing
+
+
+def test_the_mock_answers_the_same_with_and_without_extra_arguments() -> None:
+    import llmkit
+
+    turns = [{"role": "user", "content": "weather?"},
+             {"role": "assistant", "content": None,
+              "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]},
+             {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
+    tools = [{"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {}}}}]
+    with llmkit.Client(providers=[{"name": "m", "adapter": "mock", "models": ["*"]}], ledger=None,
+                       health_interval=None) as client:
+        plain = client.completion("x", [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                                        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}])
+        assert (plain.content, plain.finish_reason, plain.usage.input_tokens) == ("Mock reply to: bye", "stop", 22)
+        assert (plain.provider, plain.model, plain.requested_model, plain.raw) == (
+            "m", "x", "x", {"mock": True, "content": "Mock reply to: bye"})
+        for extra in ({}, {"tools": tools}):  # the tool results are in: answered in text either way
+            answer = client.completion("x", turns, **extra)
+            assert (answer.content, answer.tool_calls) == ("Mock answer from 1 tool result(s): sunny", [])
+        asked = client.completion("x", [{"role": "user", "content": "hi"}], response_format={"type": "json_object"})
+        assert asked.content == '{"answer": "Mock reply to: hi"}'

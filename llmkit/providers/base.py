@@ -37,7 +37,10 @@ def prompt_tokens(request: Request) -> int:
     for an embedding request, which has no messages, its input texts)."""
     if not request.messages:
         return sum(estimate_tokens(t) for t in embedding_input(request))
-    return sum(estimate_tokens(content_text(m.get("content"))) + 4 for m in request.messages)
+    total = 0
+    for m in request.messages:
+        total += estimate_tokens(content_text(m.get("content"))) + 4
+    return total
 
 
 def embedding_input(request: Request) -> list[str]:

@@ -130,8 +130,7 @@ class MockProvider(Provider):
             raise _FAILURES[self._rng.choice(self.failure_kinds)](self.name)
 
     def _reply_for(self, request: Request) -> str:
-        prompt = next((str(m.get("content") or "") for m in reversed(request.messages) if m.get("role") == "user"),
-                      "")
+        prompt = _prompt(request)
         replies = self._replies
         if isinstance(replies, dict):
             if prompt in replies:
@@ -149,6 +148,17 @@ class MockProvider(Provider):
             return _from_callable(self.config.reply(request))
         if self._replies and (not isinstance(self._replies, dict) or _prompt(request) in self._replies):
             return self._reply_for(request), []
+        if request.extra:  # (no extra arguments: no tools and no response format)
+            asked = self._asked_shape(request)
+            if asked is not None:
+                return asked
+        if request.messages and request.messages[-1].get("role") == "tool":
+            results = [str(m.get("content") or "") for m in request.messages if m.get("role") == "tool"]
+            return f"Mock answer from {len(results)} tool result(s): {'; '.join(results)[:200]}", []
+        return self._reply_for(request), []
+
+    def _asked_shape(self, request: Request) -> tuple[str, list[ToolCall]] | None:
+        """A call of the chosen tool, or a value generated from the schema (a JSON object for json_object)."""
         extra = request.extra
         if extra.get("tools"):  # the generator is built only when a tool call or a schema needs it
             calls = _tool_calls(request, self._request_rng(request))
@@ -160,10 +170,7 @@ class MockProvider(Provider):
         fmt = extra.get("response_format")
         if isinstance(fmt, dict) and fmt.get("type") == "json_object":
             return json.dumps({"answer": self._reply_for(request)}), []
-        if request.messages and request.messages[-1].get("role") == "tool":
-            results = [str(m.get("content") or "") for m in request.messages if m.get("role") == "tool"]
-            return f"Mock answer from {len(results)} tool result(s): {'; '.join(results)[:200]}", []
-        return self._reply_for(request), []
+        return None
 
     def _request_rng(self, request: Request) -> random.Random:
         """A generator seeded by the mock's seed and the request's content: the same request gets the same
@@ -198,8 +205,9 @@ class MockProvider(Provider):
         raw: dict[str, Any] = {"mock": True, "content": reply}
         if calls:
             raw["tool_calls"] = [c.to_openai() for c in calls]
-        return self.response(request, content=reply, finish_reason="tool_calls" if calls else "stop",
-                             usage=self._usage(request, reply, calls), raw=raw, tool_calls=calls)
+        return Response(id=request.id, content=reply, provider=self.config.name, model=request.model,
+                        finish_reason="tool_calls" if calls else "stop", usage=self._usage(request, reply, calls),
+                        raw=raw, requested_model=request.model, tool_calls=calls)  # (what self.response builds)
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self.calls += 1
@@ -238,7 +246,11 @@ class MockProvider(Provider):
 
 
 def _prompt(request: Request) -> str:
-    return next((str(m.get("content") or "") for m in reversed(request.messages) if m.get("role") == "user"), "")
+    """The last user message's content (as text), or ""."""
+    for m in reversed(request.messages):
+        if m.get("role") == "user":
+            return str(m.get("content") or "")
+    return ""
 
 
 def _tool_calls(request: Request, rng: random.Random) -> list[ToolCall]:
