@@ -151,3 +151,63 @@ def test_the_mock_answers_the_same_with_and_without_extra_arguments() -> None:
             assert (answer.content, answer.tool_calls) == ("Mock answer from 1 tool result(s): sunny", [])
         asked = client.completion("x", [{"role": "user", "content": "hi"}], response_format={"type": "json_object"})
         assert asked.content == '{"answer": "Mock reply to: hi"}'
+
+
+def test_text_columns_read_like_lists_across_sealed_chunks_and_forgetting(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_CHUNK", 4)
+    column, mirror = store._Texts(), []
+    rng = random.Random(7)
+    for step in range(400):
+        value = None if step % 5 == 0 else f"t{step}"
+        column.open.append(value)
+        mirror.append(value)
+        if len(column.open) >= store._CHUNK:
+            column.seal()
+        if rng.random() < 0.1:
+            k = rng.randrange(0, len(mirror) + 3)
+            del column[:k]
+            del mirror[:k]
+        assert len(column) == len(mirror) and list(column) == mirror
+        for start in {0, len(mirror) // 3, len(mirror), len(mirror) + 2}:
+            assert column[start:] == mirror[start:]
+        if mirror:
+            i = rng.randrange(len(mirror))
+            assert column[i] == mirror[i] and column[-1] == mirror[-1]
+    with pytest.raises(IndexError):
+        column[len(mirror)]
+
+
+def test_a_ledger_with_sealed_text_chunks_forgets_and_refuses_duplicates_as_before(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import gc
+
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_CHUNK", 4)
+    ledger = store.Ledger(None)
+    ledger.memory_records = 10  # (a file-backed ledger's window, on a memory one: no file needed)
+
+    def record(i: int) -> store.LedgerRecord:
+        return store.LedgerRecord(f"r{i}", float(i), 0.0, "p", "m", "m", "ok", None, f"e{i}" if i % 3 else None,
+                                  1, 2, 0, 0, 0, False, 0.5, 0.1, 1, False, False, 0, None, None, "s")
+
+    async def fill() -> None:
+        for i in range(40):
+            await ledger.append(record(i))
+    asyncio.run(fill())
+    held = range(ledger.first_held, len(ledger))
+    assert len(ledger) == 40 and 10 <= len(held) <= 12
+    assert [ledger[i].request_id for i in held] == [f"r{i}" for i in held]
+    assert [ledger[i].error_message for i in held] == [f"e{i}" if i % 3 else None for i in held]
+    assert ledger.columns(ledger.first_held + 2)["request_id"] == [f"r{i}" for i in held][2:]
+    assert ledger.request_ids() == [f"r{i}" for i in held]
+    with pytest.raises(ValueError, match="already in the ledger"):
+        ledger.append_sync(record(39))
+    ledger.append_sync(record(0))  # forgotten, so not a duplicate any more
+    gc.collect()
+    assert not gc.is_tracked(ledger._ids) and not any(gc.is_tracked(c) for c in ledger._texts["request_id"]._sealed)

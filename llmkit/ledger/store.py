@@ -37,12 +37,13 @@ import threading
 import time
 import weakref
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, fields
+from itertools import chain, islice
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from .._errors import ConfigError
 from .._secrets import logger
@@ -136,6 +137,71 @@ class _Codes:
     def get(self, i: int) -> str | None:
         code = self.codes[i]
         return None if code < 0 else self.table[code]
+
+
+_CHUNK = 4096  # texts per sealed chunk of a text column
+
+
+class _Texts:
+    """A text column (strings or None) that costs the garbage collector nothing per record: full chunks of
+    ``_CHUNK`` values are sealed into tuples, which the collector stops watching once it has seen them (they
+    hold plain values only); only ``open``, the last chunk, is a list. As plain lists, the four text columns of
+    a million records cost every full collection ~70 ms (each value visited). Reads as a list: ``len``,
+    ``[i]``, ``[start:]`` (a list copy), iteration, and ``del [:k]``; ``Ledger._store`` appends to ``open``
+    and calls ``seal()`` when it is full (all text columns move in step)."""
+
+    __slots__ = ("_sealed", "_start", "open")
+
+    def __init__(self) -> None:
+        self._sealed: list[tuple[str | None, ...]] = []
+        self.open: list[str | None] = []  # one list for good (``Ledger._store`` binds its append)
+        self._start = 0  # values of the first chunk before this were deleted
+
+    def seal(self) -> None:
+        self._sealed.append(tuple(self.open))
+        self.open.clear()
+
+    def __len__(self) -> int:
+        return len(self._sealed) * _CHUNK + len(self.open) - self._start
+
+    def __iter__(self) -> Iterator[str | None]:
+        return islice(chain(chain.from_iterable(self._sealed), self.open), self._start, None)
+
+    @overload
+    def __getitem__(self, index: int) -> str | None: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[str | None]: ...
+
+    def __getitem__(self, index: int | slice) -> str | list[str | None] | None:
+        if isinstance(index, slice):  # [start:], start >= 0
+            if index.stop is not None or index.step is not None or (index.start or 0) < 0:
+                raise ValueError("a text column copies [start:] only")
+            at = self._start + (index.start or 0)
+            chunk = at // _CHUNK
+            out = list(self._sealed[chunk][at % _CHUNK:]) if chunk < len(self._sealed) else []
+            for sealed in self._sealed[chunk + 1:]:
+                out.extend(sealed)
+            out.extend(self.open[max(0, at - len(self._sealed) * _CHUNK):])
+            return out
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError("text column index out of range")
+        chunk, at = divmod(index + self._start, _CHUNK)
+        return self._sealed[chunk][at] if chunk < len(self._sealed) else self.open[at]
+
+    def __delitem__(self, index: slice) -> None:  # [:k]
+        if index.start is not None or index.step is not None or index.stop is None or index.stop < 0:
+            raise ValueError("a text column deletes [:k] only")
+        self._start += min(index.stop, len(self))
+        drop = min(self._start // _CHUNK, len(self._sealed))
+        del self._sealed[:drop]
+        self._start -= drop * _CHUNK
+        if not self._sealed and self._start:  # what is left is all in the open chunk
+            del self.open[:self._start]
+            self._start = 0
 
 
 def _intern(text: str | None) -> str | None:
@@ -457,17 +523,20 @@ class Ledger:
         self.session_id = session_id  # the session whose records are appended here (frames read them from memory)
         self._lock = threading.Lock()
         self._closed = False
-        self._ids: set[str] = set()
+        # the request ids held, for refusing a second record of one: a dict of plain keys and values is never
+        # watched by the garbage collector (a set is, and a full collection would visit every id)
+        self._ids: dict[str, None] = {}
         self._floats = {name: array("d") for name in FLOATS}
         self._ints = {name: array("q") for name in INTS}
         self._bools = {name: array("b") for name in BOOLS}
         self._coded = {name: _Codes() for name in CODED}
-        self._texts: dict[str, list[str | None]] = {name: [] for name in TEXTS}
+        self._texts = {name: _Texts() for name in TEXTS}
         # what ``_store`` appends to, bound once (the columns only ever change in place), with each one's row position
         self._numbers = tuple((columns[name].append, FIELDS.index(name))
                               for columns, names in ((self._floats, FLOATS), (self._ints, INTS), (self._bools, BOOLS))
                               for name in names if name != "cost_usd")
         self._codes = tuple((c.index, c.codes.append, c, FIELDS.index(name)) for name, c in self._coded.items())
+        self._text_appends = tuple(self._texts[name].open.append for name in TEXTS)  # in TEXTS order
         self._total_cost = 0.0
         self._writer: _Writer | None = None
         self._forked = False  # opened before os.fork() and this is the child: reconnect on the next write
@@ -580,22 +649,26 @@ class Ledger:
                 append(code)
         request_id, error_message, cost_usd, metadata, prompt = _stored_apart(row)
         self._floats["cost_usd"].append(math.nan if cost_usd is None else cost_usd)
-        texts = self._texts
-        texts["request_id"].append(request_id)
-        texts["error_message"].append(_intern(error_message))
-        texts["metadata"].append(_intern(metadata))
-        texts["prompt"].append(prompt)
-        self._ids.add(request_id)
+        add_request_id, add_error_message, add_metadata, add_prompt = self._text_appends
+        add_request_id(request_id)
+        add_error_message(_intern(error_message))
+        add_metadata(_intern(metadata))
+        add_prompt(prompt)
+        ids = self._texts["request_id"]
+        if len(ids.open) >= _CHUNK:
+            for column in self._texts.values():
+                column.seal()
+        self._ids[request_id] = None
         if cost_usd is not None:
             self._total_cost += cost_usd
         limit = self.memory_records
-        if limit is not None and len(texts["request_id"]) > limit + max(1, limit // 4):
-            self._forget(len(texts["request_id"]) - limit)
+        if limit is not None and len(ids) > limit + max(1, limit // 4):
+            self._forget(len(ids) - limit)
 
     def _forget(self, k: int) -> None:
         """Drop the oldest ``k`` records from memory (in chunks, so it is amortised). Holds the lock."""
-        for gone in self._texts["request_id"][:k]:
-            self._ids.discard(gone or "")
+        for gone in islice(self._texts["request_id"], k):
+            self._ids.pop(gone or "", None)
         for columns in (self._floats, self._ints, self._bools, self._texts):
             for values in columns.values():
                 del values[:k]
