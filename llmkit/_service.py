@@ -124,7 +124,9 @@ class Service:
             # no budget: nothing to reserve (``reserve`` would only refuse a closing client)
             token = None if self.budget is None and not self.closing else await flight.reserve(request)
             rebudget, deadline = self._rebudget(token, request, paid), self._deadline_at(request, t0)
-            if structured.wants_check(request):  # structured output or tools: checked, asked again on a bad answer
+            # structured output or tools (never without extra arguments or a response model): checked, and
+            # asked again on a bad answer
+            if (request.extra or request.response_model is not None) and structured.wants_check(request):
                 work = structured.complete(
                     request, lambda req: self.router.route(req, attempts, deadline, rebudget),
                     lambda resp: self._finish_response(request, resp, attempts, t0),
