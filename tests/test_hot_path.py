@@ -3,6 +3,7 @@ failures still resets the breaker's count, odd token counts are still clamped, b
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -211,3 +212,33 @@ def test_a_ledger_with_sealed_text_chunks_forgets_and_refuses_duplicates_as_befo
     ledger.append_sync(record(0))  # forgotten, so not a duplicate any more
     gc.collect()
     assert not gc.is_tracked(ledger._ids) and not any(gc.is_tracked(c) for c in ledger._texts["request_id"]._sealed)
+
+
+def test_records_kept_by_kind_read_back_field_by_field_and_a_failed_append_leaves_no_half_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_COMBOS_KEPT", 3)  # the codes of (provider, model, ...) combinations start over
+    ledger = store.Ledger(None)
+
+    def record(i: int, priority: int = 0) -> store.LedgerRecord:
+        return store.LedgerRecord(
+            f"r{i}", 100.0 + i, 50.0 + i, f"p{i % 5}", None if i % 4 == 0 else f"m{i % 3}", "asked",
+            "ok" if i % 2 else "error", None if i % 2 else "ServerError", None, i, 2 * i, i % 3, 0, i % 7,
+            i % 2 == 0, None if i % 3 == 0 else i / 10, i / 100, 1 + i % 2, i % 5 == 0, False, priority,
+            {"i": i} if i % 6 == 0 else None, None, "s", "completion", i % 8 == 0, 0.0, False)
+
+    for i in range(30):
+        ledger.append_sync(record(i))
+    with pytest.raises(OverflowError):
+        ledger.append_sync(record(30, priority=2**70))  # does not fit its int64 column
+    ledger.append_sync(record(31))
+    assert len(ledger) == 31 and ledger.request_ids()[-2:] == ["r29", "r31"]
+    expected = [record(i) for i in (*range(30), 31)]
+    assert [ledger[i] for i in range(len(ledger))] == expected
+    columns = ledger.columns(5)
+    for name in store.FIELDS:
+        assert list(columns[name]) == [getattr(r, name) for r in expected[5:]] or name == "metadata"
+    assert [None if m is None else json.loads(m) for m in columns["metadata"]] == [r.metadata for r in expected[5:]]
+    times, costs = ledger.costs(29)
+    assert list(times) == [129.0, 131.0] and [c if c == c else None for c in costs] == [2.9, 3.1]

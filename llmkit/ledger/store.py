@@ -89,9 +89,14 @@ class LedgerRecord:
 if tuple(f.name for f in fields(LedgerRecord)) != FIELDS:  # one order for the record, the table and the frames
     raise ImportError("llmkit.ledger.schema.FIELDS is out of step with LedgerRecord")
 
-#: The row values ``Ledger._store`` handles one by one (the other columns go through its bound appends).
+#: What ``Ledger._store`` takes from a row: the values it handles one by one, and each kind's columns at once.
 _stored_apart = itemgetter(*(FIELDS.index(name) for name in ("request_id", "error_message", "cost_usd", "metadata",
                                                             "prompt")))
+_floats_but_cost = itemgetter(*(FIELDS.index(name) for name in FLOATS if name != "cost_usd"))
+_ints = itemgetter(*(FIELDS.index(name) for name in INTS))
+_bools = itemgetter(*(FIELDS.index(name) for name in BOOLS))
+_coded = itemgetter(*(FIELDS.index(name) for name in CODED))
+_COMBOS_KEPT = 1024  # combinations of coded values (provider, model, status...) whose codes a ledger keeps
 _INSERT = f"INSERT INTO requests ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})"
 _SELECT = f"SELECT {', '.join(FIELDS)} FROM requests ORDER BY id"
 _BATCH = 1024
@@ -120,23 +125,50 @@ class RawColumns:
 class _Codes:
     """A growing table of distinct strings; each value is stored as its index (None is -1)."""
 
-    __slots__ = ("codes", "index", "table")
+    __slots__ = ("index", "table")
 
     def __init__(self) -> None:
         self.table: list[str] = []
-        self.index: dict[str | None, int] = {None: -1}  # (None is looked up like any value)
-        self.codes: array[int] = array("i")
+        self.index: dict[str | None, int] = {None: -1}
 
-    def add(self, value: str | None) -> None:
+    def code(self, value: str | None) -> int:
+        """``value``'s code (a new one for a value not seen before)."""
         code = self.index.get(value)
         if code is None and value is not None:
             code = self.index[value] = len(self.table)
             self.table.append(sys.intern(value))
-        self.codes.append(-1 if code is None else code)
+        return -1 if code is None else code
 
-    def get(self, i: int) -> str | None:
-        code = self.codes[i]
+    def value(self, code: int) -> str | None:
         return None if code < 0 else self.table[code]
+
+
+class _Rows:
+    """Number columns of one kind kept record by record in one array (``len(names)`` values a record, in
+    ``names`` order): a record goes in with one ``extend`` (one call instead of one per column), and a
+    column comes out as a strided copy."""
+
+    __slots__ = ("_offset", "names", "values", "width")
+
+    def __init__(self, typecode: str, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.width = len(names)
+        self._offset = {name: j for j, name in enumerate(names)}
+        self.values: array[Any] = array(typecode)
+
+    def column(self, name: str, start: int = 0) -> array[Any]:
+        """The column from record ``start`` on (a copy)."""
+        return self.values[start * self.width + self._offset[name]::self.width]
+
+    def get(self, name: str, i: int) -> Any:
+        return self.values[i * self.width + self._offset[name]]
+
+    def forget(self, k: int) -> None:
+        del self.values[:k * self.width]
+
+    def keep(self, records: int) -> None:
+        """Cut back to ``records`` whole records (what a failed append may have left half done)."""
+        del self.values[records * self.width:]
 
 
 _CHUNK = 4096  # texts per sealed chunk of a text column
@@ -526,16 +558,14 @@ class Ledger:
         # the request ids held, for refusing a second record of one: a dict of plain keys and values is never
         # watched by the garbage collector (a set is, and a full collection would visit every id)
         self._ids: dict[str, None] = {}
-        self._floats = {name: array("d") for name in FLOATS}
-        self._ints = {name: array("q") for name in INTS}
-        self._bools = {name: array("b") for name in BOOLS}
+        # numbers record by record, one array per kind (cost_usd last among the floats: NaN stands for None)
+        self._floats = _Rows("d", (*(n for n in FLOATS if n != "cost_usd"), "cost_usd"))
+        self._ints = _Rows("q", INTS)
+        self._bools = _Rows("b", BOOLS)
+        self._codes = _Rows("i", CODED)  # codes into each column's table (-1: None)
         self._coded = {name: _Codes() for name in CODED}
+        self._combos: dict[tuple[str | None, ...], tuple[int, ...]] = {}  # coded values -> their codes, one lookup
         self._texts = {name: _Texts() for name in TEXTS}
-        # what ``_store`` appends to, bound once (the columns only ever change in place), with each one's row position
-        self._numbers = tuple((columns[name].append, FIELDS.index(name))
-                              for columns, names in ((self._floats, FLOATS), (self._ints, INTS), (self._bools, BOOLS))
-                              for name in names if name != "cost_usd")
-        self._codes = tuple((c.index, c.codes.append, c, FIELDS.index(name)) for name, c in self._coded.items())
         self._text_appends = tuple(self._texts[name].open.append for name in TEXTS)  # in TEXTS order
         self._total_cost = 0.0
         self._writer: _Writer | None = None
@@ -639,16 +669,21 @@ class Ledger:
     def _store(self, row: tuple[Any, ...]) -> None:
         """Append one row (in ``FIELDS`` order, as SQLite holds it: ``_to_row``'s, bools already 0 or 1) to the
         columns; the caller holds the lock."""
-        for append, i in self._numbers:  # floats (cost_usd below), ints and bools
-            append(row[i])
-        for index, append, coded, i in self._codes:
-            code = index.get(row[i])
-            if code is None:
-                coded.add(row[i])  # a new value: into the table
-            else:
-                append(code)
         request_id, error_message, cost_usd, metadata, prompt = _stored_apart(row)
-        self._floats["cost_usd"].append(math.nan if cost_usd is None else cost_usd)
+        floats = self._floats.values
+        try:
+            floats.extend(_floats_but_cost(row))
+            floats.append(math.nan if cost_usd is None else cost_usd)
+            self._ints.values.extend(_ints(row))
+            self._bools.values.extend(_bools(row))
+            coded = _coded(row)
+            codes = self._combos.get(coded)
+            self._codes.values.extend(self._new_combo(coded) if codes is None else codes)
+        except BaseException:  # (a number that does not fit its column): no half record is left behind
+            held = len(self._texts["request_id"])
+            for rows in (self._floats, self._ints, self._bools, self._codes):
+                rows.keep(held)
+            raise
         add_request_id, add_error_message, add_metadata, add_prompt = self._text_appends
         add_request_id(request_id)
         add_error_message(_intern(error_message))
@@ -665,15 +700,22 @@ class Ledger:
         if limit is not None and len(ids) > limit + max(1, limit // 4):
             self._forget(len(ids) - limit)
 
+    def _new_combo(self, coded: tuple[str | None, ...]) -> tuple[int, ...]:
+        """The codes of a combination of coded values not seen lately (new values join their tables)."""
+        codes = tuple(self._coded[name].code(value) for name, value in zip(CODED, coded, strict=True))
+        if len(self._combos) >= _COMBOS_KEPT:
+            self._combos.clear()
+        self._combos[coded] = codes
+        return codes
+
     def _forget(self, k: int) -> None:
         """Drop the oldest ``k`` records from memory (in chunks, so it is amortised). Holds the lock."""
         for gone in islice(self._texts["request_id"], k):
             self._ids.pop(gone or "", None)
-        for columns in (self._floats, self._ints, self._bools, self._texts):
-            for values in columns.values():
-                del values[:k]
-        for coded in self._coded.values():
-            del coded.codes[:k]
+        for rows in (self._floats, self._ints, self._bools, self._codes):
+            rows.forget(k)
+        for texts in self._texts.values():
+            del texts[:k]
         self._dropped += k
 
     # -- reading -------------------------------------------------------------------------------
@@ -699,10 +741,10 @@ class Ledger:
                 raise IndexError(f"ledger record {i} is no longer in memory (the newest "
                                  f"{self.memory_records} are); read older ones from the file")
             i -= self._dropped
-            values: dict[str, Any] = {name: self._floats[name][i] for name in FLOATS}
-            values.update({name: self._ints[name][i] for name in INTS})
-            values.update({name: bool(self._bools[name][i]) for name in BOOLS})
-            values.update({name: self._coded[name].get(i) for name in CODED})
+            values: dict[str, Any] = {name: self._floats.get(name, i) for name in FLOATS}
+            values.update({name: self._ints.get(name, i) for name in INTS})
+            values.update({name: bool(self._bools.get(name, i)) for name in BOOLS})
+            values.update({name: self._coded[name].value(self._codes.get(name, i)) for name in CODED})
             values.update({name: self._texts[name][i] for name in TEXTS})
         cost = values["cost_usd"]
         values["cost_usd"] = None if math.isnan(cost) else cost
@@ -718,10 +760,10 @@ class Ledger:
             start = first - self._dropped
             return RawColumns(
                 start=first,
-                floats={k: v[start:] for k, v in self._floats.items()},
-                ints={k: v[start:] for k, v in self._ints.items()},
-                bools={k: v[start:] for k, v in self._bools.items()},
-                codes={k: c.codes[start:] for k, c in self._coded.items()},
+                floats={k: self._floats.column(k, start) for k in FLOATS},
+                ints={k: self._ints.column(k, start) for k in INTS},
+                bools={k: self._bools.column(k, start) for k in BOOLS},
+                codes={k: self._codes.column(k, start) for k in CODED},
                 tables={k: list(c.table) for k, c in self._coded.items()},
                 texts={k: v[start:] for k, v in self._texts.items()},
             )
@@ -759,7 +801,7 @@ class Ledger:
         """``(time, cost_usd)`` of ``records[start:]`` held in memory (cost NaN when unpriced): cheap."""
         with self._lock:
             start = max(0, start - self._dropped)
-            return self._floats["time"][start:], self._floats["cost_usd"][start:]
+            return self._floats.column("time", start), self._floats.column("cost_usd", start)
 
     def total_cost_usd(self, since: float | None = None) -> float:
         """The priced cost of every record stored (finished at or after ``since``, epoch seconds, if given):
