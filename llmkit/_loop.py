@@ -1,10 +1,11 @@
-"""The private event loop behind the sync API (and the home of all of llmkit's async state).
+"""Where a client's coroutines run: llmkit's private event loop thread, or the async caller's own loop.
 
-All of a client's connection pools, limiters, breakers and queues live on one event loop running in a
-daemon thread. The sync API submits coroutines to it with ``run_coroutine_threadsafe`` and waits; the
-async API awaits them from whatever loop the caller is on (a new one per ``asyncio.run`` is fine).
-This works in a script, in a Jupyter cell whose loop is already running, and from many threads, and
-it patches nothing in asyncio.
+Sync calls submit coroutines to a loop running in a daemon thread (``LoopThread``) and wait; this works
+in a script, in a Jupyter cell whose loop is already running, and from many threads, and patches nothing
+in asyncio. Async callers (``ClientLoop.arun``) run their requests on their own loop as tasks, with no
+thread hop: what requests share (breakers, limits, concurrency gates, the ledger, the cache) is
+thread-safe, and connection pools are per loop. Background work (health checks, ``completion_async``,
+streams) stays on the private loop.
 """
 
 from __future__ import annotations
@@ -183,6 +184,45 @@ class LoopThread:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+_STANDARD_TIME = asyncio.BaseEventLoop.time
+
+
+class ClientLoop:
+    """How a client runs its coroutines. Sync calls (``run``, ``submit``) go to the private loop thread; an
+    async caller's request runs on the caller's own loop, as a task of its own, with no thread hop (its
+    connection pools are that loop's; breakers, limits, gates and the ledger are thread-safe), unless
+    ``direct`` is off (a test loop factory, shared state on Redis) or the loop keeps time its own way."""
+
+    def __init__(self, thread: LoopThread, direct: bool) -> None:
+        self.thread = thread
+        self.direct = direct
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.thread.loop
+
+    def in_loop_thread(self) -> bool:
+        return self.thread.in_loop_thread()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.thread.run(coro, timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return self.thread.submit(coro)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro``: on the caller's loop when it can hold requests, else on the private loop.
+        Cancelling the caller cancels the request, and the caller sees the end of it (its record written)."""
+        if self.direct:
+            running = asyncio.get_running_loop()
+            if type(running).time is _STANDARD_TIME:  # (a virtual-time loop, uvloop: the private loop)
+                return await running.create_task(coro)
+        return await self.thread.arun(coro)
 
 
 class _Job:
