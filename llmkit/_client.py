@@ -188,7 +188,7 @@ class Client:
     def completion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
         """Send one chat completion and wait for it. Raises the request's typed error."""
         request = self._request(model, messages, **kwargs)
-        return self._loop.run(self._service.execute(request))
+        return self._loop.call(self._service.execute(request))
 
     async def acompletion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
         """``completion`` for async code (any event loop, a notebook's included)."""
@@ -214,6 +214,8 @@ class Client:
         future = self._results.get(request_id)
         if self._loop.in_loop_thread() and not future.done():
             raise RuntimeError("get_result would block llmkit's own loop; use await client.aget_result(...)")
+        if not future.done():
+            self._loop.check_can_block()
         try:
             future.result(timeout)
         except BaseException as exc:
@@ -249,6 +251,7 @@ class Client:
     def stream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Stream:
         """``for chunk in client.stream(...)``; the stream's ``.response`` holds usage and cost at the end."""
         request = self._request(model, messages, True, **kwargs)
+        self._loop.check_can_block()
         return Stream(self._loop.thread, lambda: self._feed(request))
 
     def astream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncStream:
@@ -266,7 +269,7 @@ class Client:
         from .embeddings import build_embedding_request, run_embedding
 
         self._check_open()
-        return self._loop.run(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
+        return self._loop.call(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
 
     async def aembedding(self, model: str, input: str | Sequence[str], **kwargs: Any) -> EmbeddingResponse:
         from .embeddings import build_embedding_request, run_embedding
@@ -287,6 +290,7 @@ class Client:
         from .embeddings import embed
 
         self._check_open()
+        self._loop.check_can_block()
         return embed(self._loop, self._service, data, model, batch_size=batch_size, as_array=as_array,
                      progress=progress, max_concurrency=max_concurrency, cache=self._embed_cache(cache), **kwargs)
 
@@ -322,6 +326,7 @@ class Client:
         from .batch import map_rows
 
         self._check_open()
+        self._loop.check_can_block()
         return map_rows(self, self._loop, inputs, model=model, prompt=prompt, system=system,
                         response_model=response_model, max_concurrency=max_concurrency, on_error=on_error,
                         progress=progress, cache=cache, **call_kwargs)

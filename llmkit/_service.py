@@ -1,9 +1,10 @@
 """The in-process service behind a client: routing, budgets, costs, the ledger and health.
 
-Requests run on llmkit's private loop (sync calls) or on an async caller's own loop (see ``_loop``), both
-at once: what they share is thread-safe. ``execute`` and ``stream`` are the two request paths; both end every request in exactly one ledger record (ok, error, or cancelled by
-its caller: a cancelled task, ``cancel(id)``, an abandoned stream with its tokens so far estimated), written
-durably before the result is handed back.
+Requests run on llmkit's private loop, on an async caller's own loop, or on a sync caller's thread (see
+``_loop``), all at once: what they share is thread-safe. ``execute`` and ``stream`` are the two request
+paths; both end every request in exactly one ledger record (ok, error, or cancelled by its caller: a
+cancelled task, ``cancel(id)``, an abandoned stream with its tokens so far estimated), written durably
+before the result is handed back.
 """
 
 from __future__ import annotations

@@ -182,3 +182,78 @@ def test_sync_and_async_callers_at_once_share_one_client() -> None:
             assert slot.gate.in_use == 0 and slot.gate.waiting == 0
         finally:
             client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_call_runs_on_the_callers_thread_in_a_script_a_worker_thread_and_a_running_loop() -> None:
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        def pools() -> dict[object, object]:
+            return client.provider("fake")._loop_pools  # type: ignore[attr-defined,no-any-return]
+
+        try:
+            assert client.completion("m", MESSAGES).content == "hello"
+            assert _thread_loop() in pools()  # this thread's loop sent it: no hop to llmkit's thread
+
+            seen: list[bool] = []
+            worker = threading.Thread(target=lambda: seen.append(
+                client.completion("m", MESSAGES).content == "hello" and _thread_loop() in pools()))
+            worker.start()
+            worker.join(30)
+            assert seen == [True]
+
+            async def inside() -> tuple[str, bool]:
+                outer = asyncio.get_running_loop()
+                content = client.completion("m", MESSAGES).content  # blocks this loop, which is set aside
+                return content, asyncio.get_running_loop() is outer
+
+            assert asyncio.run(inside()) == ("hello", True)
+            assert len(client.usage()) == 3
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_call_from_a_loop_running_this_clients_requests_is_refused_not_hung() -> None:
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None, max_concurrency=1)
+        try:
+            async def run() -> None:
+                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds the one slot
+                await _until(lambda: server.requests, "the server got the request")
+                with pytest.raises(RuntimeError, match="await them first"):
+                    client.completion("m", MESSAGES)
+                rid = client.completion_async("m", MESSAGES)
+                with pytest.raises(RuntimeError, match="await them first"):
+                    client.get_result(rid)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await client.aget_result(rid)  # the slot is free again
+
+            asyncio.run(run())
+            assert sorted(client.usage()["status"]) == ["cancelled", "ok"]
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_a_sync_call_cancels_the_request_and_records_it() -> None:
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None)
+        try:
+            def interrupt() -> None:
+                raise KeyboardInterrupt
+
+            _thread_loop().call_soon(interrupt)  # Ctrl-C as the request starts
+            with pytest.raises(KeyboardInterrupt):
+                client.completion("m", MESSAGES)
+            assert list(client.usage()["status"]) == ["cancelled"]  # recorded before the interrupt surfaced
+            assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
+        finally:
+            client.close()
