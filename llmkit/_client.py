@@ -509,6 +509,7 @@ class Client:
         self._closed = True
         # a loop running in this thread (a notebook cell) is blocked until the close returns
         self._loop.run(self._service.aclose(parked=asyncio._get_running_loop()))
+        self._loop.settle_here()  # this thread's connections for sync calls close now
         if self._loop.thread is not shared_loop():
             self._loop.stop()
 

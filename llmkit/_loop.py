@@ -275,6 +275,21 @@ class ClientLoop:
             if outer is not None:
                 asyncio._set_running_loop(outer)
 
+    def settle_here(self) -> None:
+        """After closing: run what closing left for this thread's loop for sync calls (closing its
+        connection pools) now, rather than at its next use."""
+        held: _HeldLoop | None = getattr(_threads, "held", None)
+        if held is None or held.pid != os.getpid() or held.loop.is_running() or held.loop.is_closed():
+            return
+        outer = asyncio._get_running_loop()
+        if outer is not None:
+            asyncio._set_running_loop(None)
+        try:
+            held.loop.run_until_complete(_run_queued())
+        finally:
+            if outer is not None:
+                asyncio._set_running_loop(outer)
+
     def check_can_block(self) -> None:
         """Before a sync call that waits for requests: refuse if this thread's running loop has this
         client's async requests in flight (see the class docstring)."""
@@ -301,6 +316,15 @@ def _in_ipython() -> bool:
         return True
 
 
+async def _run_queued() -> None:
+    """Let callbacks queued for this (idle) loop run, and the tasks they start end (bounded)."""
+    await asyncio.sleep(0)
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+
+
 class _HeldLoop:
     """The event loop llmkit keeps for one thread's sync requests, closed with the thread's locals."""
 
@@ -308,9 +332,11 @@ class _HeldLoop:
         self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()  # (standard time, whatever the policy)
         self.pid = os.getpid()
 
-    def __del__(self) -> None:
+    def __del__(self) -> None:  # the thread ended: what closing queued for it (its connections) runs first
         loop = self.loop
         if self.pid == os.getpid() and not loop.is_running() and not loop.is_closed():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(_run_queued())
             with contextlib.suppress(Exception):
                 loop.close()
 

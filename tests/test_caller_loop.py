@@ -257,3 +257,30 @@ def test_ctrl_c_in_a_sync_call_cancels_the_request_and_records_it() -> None:
             assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
         finally:
             client.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_closes_the_connections_of_sync_calls_on_this_thread_and_on_others() -> None:
+    """This thread's at once; a live worker thread's when its thread ends (or at its next sync call)."""
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        client.completion("m", MESSAGES)
+        done, finish = threading.Event(), threading.Event()
+
+        def work() -> None:
+            client.completion("m", MESSAGES)
+            done.set()
+            finish.wait(30)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        assert done.wait(30)
+        pools = dict(client.provider("fake")._loop_pools)  # type: ignore[attr-defined]
+        assert len(pools) == 3  # llmkit's loop (prepared), this thread's, the worker's
+        client.close()
+        assert all(c.is_closed for c, *_ in pools[_thread_loop()])  # by close(), not at the next sync call
+        finish.set()
+        worker.join(30)
+        assert all(c.is_closed for pool in pools.values() for c, *_ in pool)  # the worker's: as its thread ended

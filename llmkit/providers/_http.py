@@ -402,7 +402,8 @@ class HTTPProvider(Provider):
         return None
 
     async def aclose(self) -> None:
-        """Close every loop's pools: the running loop's here, a running other loop's on that loop."""
+        """Close every loop's pools: the running loop's here, another loop's on that loop (at once if it is
+        running; an idle one, a thread's loop for sync calls, on its next run: ``ClientLoop.settle_here``)."""
         here = asyncio.get_running_loop()
         by_loop, self._loop_pools = self._loop_pools, {}
         for loop, pools in by_loop.items():
@@ -414,7 +415,7 @@ class HTTPProvider(Provider):
                         await client.aclose()
                     except RuntimeError:  # pragma: no cover - defensive
                         pass
-                elif not loop.is_closed() and loop.is_running():
+                elif not loop.is_closed():
                     with contextlib.suppress(RuntimeError):  # it closed meanwhile
                         asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
