@@ -8,7 +8,7 @@ rounds against the same server process:
 
 - ``asyncio streams``: a minimal HTTP/1.1 client on bare asyncio streams (one keep-alive connection a
   caller, no HTTP library): what the server and this machine carry at all.
-- ``raw httpx, one client``: one ``httpx.AsyncClient``, its pool sized for 1,000 connections, the same
+- ``raw httpx, one client``: one ``httpx.AsyncClient``, its pool sized for every caller (1,000), the same
   headers and body as llmkit sends.
 - ``raw httpx, pools of 4``: 250 clients of 4 connections taken in turn (httpcore's pool does work for
   every connection it holds on each request, encode/httpcore#1035: this is raw httpx at its best).
@@ -141,7 +141,7 @@ async def llmkit_run(url: str, callers: int, n: int, seconds: float) -> dict[str
 
 
 Runner = Callable[[str, int, int, float], Coroutine[Any, Any, dict[str, Any]]]
-STREAMS, ONE_CLIENT, POOLS_OF_4, LLMKIT = ("asyncio streams (no HTTP library)", "raw httpx, one client (pool 1,000)",
+STREAMS, ONE_CLIENT, POOLS_OF_4, LLMKIT = ("asyncio streams (no HTTP library)", "raw httpx, one client (a connection a caller)",
                                            "raw httpx, pools of 4 in turn", "llmkit (defaults)")
 
 
@@ -177,12 +177,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, rs in rows.items():
         cpu = statistics.median(r["cpu_per_request"] for r in rs)
         server = [r["server_cpu"] for r in rs if r["server_cpu"] is not None]
-        out.append([name, f"{rps[name]:,.0f}", f"{rps[name] / ideal:.0%}",
+        out.append([name, f"{rps[name]:,.0f}", " / ".join(f"{r['rps']:,.0f}" for r in rs), f"{rps[name] / ideal:.0%}",
                     f"{statistics.median(r['p50'] for r in rs) * 1e3:,.0f} ms",
                     f"{cpu * 1e6:,.0f} µs", f"{1 / cpu:,.0f}/s" if cpu else "",
                     f"{statistics.median(server):.0%}" if server else "?",
                     sum(r["errors"] for r in rs), rs[-1].get("connections", "")])
-    print(table(["variant", "req/s (median)", f"of {ideal:,.0f}", "p50", "client CPU/req", "1 / CPU",
+    print(table(["variant", "req/s (median)", "each round", f"of {ideal:,.0f}", "p50", "client CPU/req", "1 / CPU",
                  "server CPU", "errors", "conns"], out))
     first_error = next((r["first_error"] for rs in rows.values() for r in rs if r["first_error"]), None)
     if first_error:
