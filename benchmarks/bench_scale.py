@@ -141,8 +141,10 @@ async def llmkit_run(url: str, callers: int, n: int, seconds: float) -> dict[str
 
 
 Runner = Callable[[str, int, int, float], Coroutine[Any, Any, dict[str, Any]]]
-STREAMS, ONE_CLIENT, POOLS_OF_4, LLMKIT = ("asyncio streams (no HTTP library)", "raw httpx, one client (a connection a caller)",
-                                           "raw httpx, pools of 4 in turn", "llmkit (defaults)")
+STREAMS = "asyncio streams (no HTTP library)"
+ONE_CLIENT = "raw httpx, one client (a connection a caller)"
+POOLS_OF_4 = "raw httpx, pools of 4 in turn"
+LLMKIT = "llmkit (defaults)"
 
 
 def variants(callers: int) -> dict[str, Runner]:
