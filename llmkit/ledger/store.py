@@ -184,7 +184,7 @@ _WRITE_BUSY_MS = 100  # one write attempt waits this long for a lock held elsewh
 _RETRY_MIN_S = 0.05  # a locked file is tried again after this, doubling up to _RETRY_MAX_S
 _RETRY_MAX_S = 1.0
 _CLOSE_PATIENCE_S = 10.0  # at close, rows still waiting for a locked file get this long to land
-_CHECKPOINT_EVERY = 1_000  # batches committed by the writer between checkpoints
+_CHECKPOINT_EVERY = 500  # commits (inline or grouped) between checkpoints: bounds the WAL (~6 MB of inline ones)
 _CHECKPOINT_IDLE_S = 1.0  # an idle writer checkpoints what inline commits added
 _PACK_AGAIN_S = 0.25  # an idle writer with column blocks left to pack packs the next one after this
 _PACKER_JOIN_S = 5.0  # at close, a block being packed gets this long to finish (it stops before its insert)
@@ -192,6 +192,7 @@ _INLINE_SPACING_S = 0.0002  # at most one inline commit every 200 µs: bursts go
 _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # the file, not the row: try again later
 
 _Item = tuple[tuple[Any, ...], "_Waiter | None"]
+_CHECKPOINT_DUE: _Item = ((), None)  # put on the writer's queue by an inline commit: time to checkpoint
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -224,16 +225,19 @@ class _Writer(threading.Thread):
     process (or a full disk) is not waited on: its waiters are released at once (the rows are in memory)
     and the rows wait in ``backlog``, retried in the background until they land."""
 
-    def __init__(self, db: sqlite3.Connection, where: str = "the ledger") -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path, where: str = "the ledger") -> None:
         super().__init__(name="llmkit-ledger-writer", daemon=True)
         self.db = db
+        self.path = path
         self.where = where
+        self.checkpoint_db: sqlite3.Connection | None = None  # this thread's own, opened on first use
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self.commits = 0  # transactions committed (fewer than rows when appends overlap)
         self.inline_commits = 0  # rows committed on the caller's thread (see Ledger._commit_inline)
         self.db_lock = threading.Lock()  # one user of the connection at a time
         self.last_inline = -1.0
-        self._checkpointed = 0
+        self._checkpointed = 0  # commits (both kinds) as of the last checkpoint
+        self.checkpoint_asked = False  # an inline commit has put _CHECKPOINT_DUE on the queue
         self.backlog: list[tuple[Any, ...]] = []  # rows waiting for a locked file, oldest first
         self.refused = 0  # rows SQLite refused even scrubbed (logged; in memory only)
         self._retry_s = _RETRY_MIN_S
@@ -258,17 +262,30 @@ class _Writer(threading.Thread):
             with self.db_lock:
                 if not self.backlog:
                     self._checkpoint()
+                if self.checkpoint_db is not None:
+                    self.checkpoint_db.close()
                 self.db.close()
 
+    def checkpoint_due(self) -> bool:
+        return self.commits + self.inline_commits - self._checkpointed >= _CHECKPOINT_EVERY
+
     def _checkpoint(self) -> None:
-        """Fold the WAL back into the database here, off the event loop (auto-checkpoints are off)."""
+        """Fold the WAL back into the database, on this thread and a connection of its own (auto-checkpoints
+        are off), so commits go on meanwhile: an inline one never waits for a checkpoint's fsyncs. Done
+        when idle and every ``_CHECKPOINT_EVERY`` commits, so the WAL stays small (a long WAL makes
+        every commit slower) whichever path the commits take."""
         done = self.commits + self.inline_commits
-        if done != self._checkpointed:
-            try:
-                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            except sqlite3.Error:
-                return  # another process is busy with the file: try again later
-            self._checkpointed = done
+        if done == self._checkpointed:
+            return
+        try:
+            if self.checkpoint_db is None:
+                uri = self.path.resolve().as_uri() + "?mode=rw"
+                self.checkpoint_db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self.checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            return  # another process is busy with the file: try again later
+        self._checkpointed = done
+        self.checkpoint_asked = False
 
     def _commit_batch(self) -> bool:
         try:
@@ -278,8 +295,7 @@ class _Writer(threading.Thread):
             if self.backlog:
                 self._commit([])
             else:
-                with self.db_lock:
-                    self._checkpoint()
+                self._checkpoint()
                 self._idle()
             return True
         self._idle_s = _CHECKPOINT_IDLE_S
@@ -289,7 +305,8 @@ class _Writer(threading.Thread):
             if item is None:
                 running = False
                 break
-            batch.append(item)
+            if item is not _CHECKPOINT_DUE:
+                batch.append(item)
             if len(batch) >= _BATCH:
                 break
             try:
@@ -301,6 +318,8 @@ class _Writer(threading.Thread):
             self._settle(batch, {})
         elif batch or self.backlog:
             self._commit(batch)
+        if self.checkpoint_due():
+            self._checkpoint()
         return running
 
     def _idle(self) -> None:
@@ -336,8 +355,6 @@ class _Writer(threading.Thread):
                 left = self._write(items, failed)
             finally:
                 self.db.execute("PRAGMA busy_timeout = 0")
-            if not left and self.commits - self._checkpointed >= _CHECKPOINT_EVERY:
-                self._checkpoint()
         waited = len(items) - len(batch)  # rows that were waiting already
         if left:
             self.backlog = [row for row, _ in left]
@@ -470,7 +487,8 @@ class Ledger:
             _live.add(self)
 
     def _start_writer(self, db: sqlite3.Connection) -> None:
-        self._writer = _Writer(db, f"ledger {self.path}")
+        assert self.path is not None
+        self._writer = _Writer(db, self.path, f"ledger {self.path}")
         if self.history is not None:
             self._writer.idle_work = self.history.pack_quietly
         self._writer.start()
@@ -544,6 +562,9 @@ class Ledger:
         try:
             writer.db.execute(_INSERT, row)
             writer.inline_commits += 1
+            if not writer.checkpoint_asked and writer.checkpoint_due():  # the writer checkpoints, never this call
+                writer.checkpoint_asked = True
+                writer.queue.put(_CHECKPOINT_DUE)
             return True
         except Exception:  # locked, or a row SQLite refuses: the writer deals with it
             if writer.db.in_transaction:  # an autocommit statement rolls itself back; never leave one open
@@ -766,6 +787,8 @@ class Ledger:
                 writer.db.close()
         else:  # mid-commit in the parent: never touch it (not even to close it)
             _inherited.append(writer.db)
+        if writer.checkpoint_db is not None:  # the parent's thread may be checkpointing with it
+            _inherited.append(writer.checkpoint_db)
 
     def __enter__(self) -> Ledger:
         return self

@@ -217,6 +217,40 @@ async def test_idle_writer_means_inline_commits(tmp_path: Path) -> None:
         assert len(reopened.request_ids()) == 105
 
 
+@pytest.mark.timeout(60)
+async def test_inline_commits_ask_the_writer_for_checkpoints_and_never_wait_for_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_CHECKPOINT_EVERY", 5)
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    writer = ledger._writer
+    assert writer is not None
+    started, release = threading.Event(), threading.Event()
+    checkpoint = writer._checkpoint
+
+    def slow_checkpoint() -> None:  # a checkpoint's fsyncs on a slow disk
+        started.set()
+        assert release.wait(30)
+        checkpoint()
+
+    monkeypatch.setattr(writer, "_checkpoint", slow_checkpoint)
+    for i in range(5):
+        writer.last_inline = -1.0  # calls spaced out: each commits inline
+        await ledger.append(rec(i))
+    assert writer.checkpoint_asked  # the fifth asked the writer thread, which checkpoints on its own connection
+    assert started.wait(30)
+    for i in range(5, 8):  # while it checkpoints, calls still commit inline (none waits for the checkpoint)
+        writer.last_inline = -1.0
+        await ledger.append(rec(i))
+    assert writer.inline_commits == 8 and writer.commits == 0
+    release.set()
+    ledger.close()
+    with Ledger(path) as reopened:
+        assert len(reopened.request_ids()) == 8
+
+
 async def test_concurrent_appends_share_commits_when_the_writer_is_busy(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite3")
     writer = ledger._writer
