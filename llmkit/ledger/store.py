@@ -228,6 +228,7 @@ class _Writer(threading.Thread):
     def __init__(self, db: sqlite3.Connection, path: Path, where: str = "the ledger") -> None:
         super().__init__(name="llmkit-ledger-writer", daemon=True)
         self.db = db
+        self.insert = db.cursor()  # for inline commits: no new cursor per call
         self.path = path
         self.where = where
         self.checkpoint_db: sqlite3.Connection | None = None  # this thread's own, opened on first use
@@ -560,7 +561,7 @@ class Ledger:
             return False
         writer.last_inline = now
         try:
-            writer.db.execute(_INSERT, row)
+            writer.insert.execute(_INSERT, row)
             writer.inline_commits += 1
             if not writer.checkpoint_asked and writer.checkpoint_due():  # the writer checkpoints, never this call
                 writer.checkpoint_asked = True
