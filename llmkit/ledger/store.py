@@ -283,7 +283,8 @@ class _Writer(threading.Thread):
         try:
             if self.checkpoint_db is None:
                 uri = self.path.resolve().as_uri() + "?mode=rw"
-                self.checkpoint_db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+                self.checkpoint_db = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None,
+                                                     check_same_thread=False)  # never waits (db_lock is held)
             self.checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             with self.db_lock:  # quick unless commits landed meanwhile (its result counts only the frames it saw)
                 done = self.commits + self.inline_commits
