@@ -34,16 +34,32 @@ API_KEY = "sk-bench-0000"
 @contextlib.contextmanager
 def fake_server(latency: float = 0.0, python: str | None = None) -> Iterator[str]:
     """Start ``python -m llmkit.testing serve`` on 127.0.0.1 in a subprocess; yield its base URL (``.../v1``)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     cmd = [python or sys.executable, "-m", "llmkit.testing", "serve", "--flavor", "openai", "--host", "127.0.0.1",
            "--port", "0", "--latency", repr(latency)]
+    with server_process(cmd) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def fast_server(latency: float = 0.0, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """Start ``_fast_server.py`` (a minimal asyncio-Protocol OpenAI fake, far cheaper per request than
+    ``llmkit.testing``) on 127.0.0.1 in a subprocess; yield its base URL and process id."""
+    cmd = [sys.executable, str(HERE / "_fast_server.py"), "--latency", repr(latency), "--workers", str(workers)]
+    with server_process(cmd) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def server_process(cmd: Sequence[str]) -> Iterator[tuple[str, int]]:
+    """Run a server command that prints its ``http://127.0.0.1:...`` URL first; yield (URL, process id)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         if not url.startswith("http://127.0.0.1:"):
             raise RuntimeError(f"the fake server did not start (printed {url!r}, exit code {proc.poll()})")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -51,6 +67,20 @@ def fake_server(latency: float = 0.0, python: str | None = None) -> Iterator[str
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def process_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) a process and its live children have used so far; None off Linux."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        pids = [pid] + [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        total = 0
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return total / ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
-from ._loop import LoopFactory, LoopThread, fork_generation, shared_loop
+from ._loop import ClientLoop, LoopFactory, LoopThread, fork_generation, shared_loop
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import EmbeddingResponse, Request, Response
 from ._validate import build_request
@@ -125,11 +125,13 @@ class Client:
         self._loop_thread = self._new_loop(loop_factory)
         self._svc: Service = self._loop_thread.run(self._build(sleep, clock))
 
-    def _new_loop(self, loop_factory: LoopFactory | None) -> LoopThread:
+    def _new_loop(self, loop_factory: LoopFactory | None) -> ClientLoop:
         loop = LoopThread(loop_factory=loop_factory) if loop_factory else shared_loop()
         if loop is not shared_loop():  # a client dropped unclosed stops its loop thread once collected
             weakref.finalize(self, loop.stop)
-        return loop
+        # async callers run requests on their own loop, except under a test loop factory (virtual time) or
+        # with shared state (its Redis connection lives on the private loop)
+        return ClientLoop(loop, direct=loop_factory is None and self.config.shared_state is None)
 
     # A client used before os.fork() works in the child: the child has none of the parent's threads (the
     # loop, the ledger writer), so on first use there it builds a new loop and service from its config
@@ -137,7 +139,7 @@ class Client:
     # memory-only one starts empty). The parent's queued results are not the child's to fetch.
 
     @property
-    def _loop(self) -> LoopThread:
+    def _loop(self) -> ClientLoop:
         if self._generation != fork_generation():
             self._after_fork()
         return self._loop_thread
@@ -186,7 +188,7 @@ class Client:
     def completion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
         """Send one chat completion and wait for it. Raises the request's typed error."""
         request = self._request(model, messages, **kwargs)
-        return self._loop.run(self._service.execute(request))
+        return self._loop.call(self._service.execute(request))
 
     async def acompletion(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Response:
         """``completion`` for async code (any event loop, a notebook's included)."""
@@ -212,6 +214,8 @@ class Client:
         future = self._results.get(request_id)
         if self._loop.in_loop_thread() and not future.done():
             raise RuntimeError("get_result would block llmkit's own loop; use await client.aget_result(...)")
+        if not future.done():
+            self._loop.check_can_block()
         try:
             future.result(timeout)
         except BaseException as exc:
@@ -247,12 +251,13 @@ class Client:
     def stream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Stream:
         """``for chunk in client.stream(...)``; the stream's ``.response`` holds usage and cost at the end."""
         request = self._request(model, messages, True, **kwargs)
-        return Stream(self._loop, lambda: self._feed(request))
+        self._loop.check_can_block()
+        return Stream(self._loop.thread, lambda: self._feed(request))
 
     def astream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncStream:
         """``async for chunk in client.astream(...)``."""
         request = self._request(model, messages, True, **kwargs)
-        return AsyncStream(self._loop, lambda: self._feed(request))
+        return AsyncStream(self._loop.thread, lambda: self._feed(request))
 
     async def _feed(self, request: Request) -> _Feed:
         return _Feed(lambda emit: self._service.stream(request, emit))
@@ -264,7 +269,7 @@ class Client:
         from .embeddings import build_embedding_request, run_embedding
 
         self._check_open()
-        return self._loop.run(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
+        return self._loop.call(run_embedding(self._service, build_embedding_request(model, input, **kwargs)))
 
     async def aembedding(self, model: str, input: str | Sequence[str], **kwargs: Any) -> EmbeddingResponse:
         from .embeddings import build_embedding_request, run_embedding
@@ -285,6 +290,7 @@ class Client:
         from .embeddings import embed
 
         self._check_open()
+        self._loop.check_can_block()
         return embed(self._loop, self._service, data, model, batch_size=batch_size, as_array=as_array,
                      progress=progress, max_concurrency=max_concurrency, cache=self._embed_cache(cache), **kwargs)
 
@@ -320,6 +326,7 @@ class Client:
         from .batch import map_rows
 
         self._check_open()
+        self._loop.check_can_block()
         return map_rows(self, self._loop, inputs, model=model, prompt=prompt, system=system,
                         response_model=response_model, max_concurrency=max_concurrency, on_error=on_error,
                         progress=progress, cache=cache, **call_kwargs)
@@ -500,8 +507,10 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        self._loop.run(self._service.aclose())
-        if self._loop is not shared_loop():
+        # a loop running in this thread (a notebook cell) is blocked until the close returns
+        self._loop.run(self._service.aclose(parked=asyncio._get_running_loop()))
+        self._loop.settle_here()  # this thread's connections for sync calls close now
+        if self._loop.thread is not shared_loop():
             self._loop.stop()
 
     async def aclose(self) -> None:
@@ -509,7 +518,7 @@ class Client:
             return
         self._closed = True
         await self._loop.arun(self._service.aclose())
-        if self._loop is not shared_loop():  # return the private loop's thread, as close() does
+        if self._loop.thread is not shared_loop():  # return the private loop's thread, as close() does
             await asyncio.get_running_loop().run_in_executor(None, self._loop.stop)
 
     def __enter__(self) -> Client:

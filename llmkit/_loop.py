@@ -1,10 +1,11 @@
-"""The private event loop behind the sync API (and the home of all of llmkit's async state).
+"""Where a client's coroutines run: llmkit's private event loop thread, or the async caller's own loop.
 
-All of a client's connection pools, limiters, breakers and queues live on one event loop running in a
-daemon thread. The sync API submits coroutines to it with ``run_coroutine_threadsafe`` and waits; the
-async API awaits them from whatever loop the caller is on (a new one per ``asyncio.run`` is fine).
-This works in a script, in a Jupyter cell whose loop is already running, and from many threads, and
-it patches nothing in asyncio.
+Sync calls submit coroutines to a loop running in a daemon thread (``LoopThread``) and wait; this works
+in a script, in a Jupyter cell whose loop is already running, and from many threads, and patches nothing
+in asyncio. Async callers (``ClientLoop.arun``) run their requests on their own loop as tasks, with no
+thread hop: what requests share (breakers, limits, concurrency gates, the ledger, the cache) is
+thread-safe, and connection pools are per loop. Background work (health checks, ``completion_async``,
+streams) stays on the private loop.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import concurrent.futures
 import contextlib
 import functools
 import os
+import sys
 import threading
 import weakref
 from collections import deque
@@ -183,6 +185,171 @@ class LoopThread:
             loop.call_soon_threadsafe(loop.stop)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+
+
+_STANDARD_TIME = asyncio.BaseEventLoop.time
+
+
+class ClientLoop:
+    """How a client runs its coroutines, with no thread hop where it can.
+
+    - An async caller's request runs on the caller's own loop, as a task of its own (``arun``).
+    - A sync caller's request runs on the caller's own thread, on an event loop llmkit keeps for that
+      thread (``call``); in a thread whose loop is running (a callback, async code calling the sync API)
+      that loop is set aside while the request runs, as it is blocked anyway.
+    - Everything else (background checks, ``completion_async``, streams, batches, closing) runs on the
+      private loop thread (``run``, ``submit``).
+
+    What requests share (breakers, limits, concurrency gates, the ledger, the cache) is thread-safe and
+    connection pools are per loop, so all of these run at once. ``direct`` off (a test loop factory with
+    virtual time, shared state on Redis, or an IPython shell or Jupyter kernel, whose cells mix sync and
+    async calls on one loop) sends every request to the private loop, as before.
+
+    A sync request from a thread whose running loop has this client's async requests in flight would
+    block them, and could wait forever for a concurrency slot or rate-limit turn they hold: it raises
+    ``RuntimeError`` instead (await them first, or use the async API).
+    """
+
+    def __init__(self, thread: LoopThread, direct: bool) -> None:
+        self.thread = thread
+        self.direct = direct and not _in_ipython()
+        self._active: dict[asyncio.AbstractEventLoop, int] = {}  # loop -> async requests running on it
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.thread.loop
+
+    def in_loop_thread(self) -> bool:
+        return self.thread.in_loop_thread()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self.thread.run(coro, timeout)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return self.thread.submit(coro)
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+    async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro``: on the caller's loop when it can hold requests, else on the private loop.
+        Cancelling the caller cancels the request, and the caller sees the end of it (its record written)."""
+        if self.direct:
+            running = asyncio.get_running_loop()
+            if type(running).time is _STANDARD_TIME:  # (a virtual-time loop, uvloop: the private loop)
+                active = self._active
+                active[running] = active.get(running, 0) + 1  # (each loop's count: only its own thread)
+                try:
+                    return await running.create_task(coro)
+                finally:
+                    left = active[running] - 1
+                    if left:
+                        active[running] = left
+                    else:
+                        del active[running]
+        return await self.thread.arun(coro)
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a sync caller's request to its end, on the caller's thread when ``direct``."""
+        if not self.direct or self.thread.in_loop_thread():
+            return self.thread.run(coro)
+        outer = asyncio._get_running_loop()
+        if outer is not None and outer in self._active:
+            coro.close()
+            self.refuse_blocking()
+        loop = _thread_loop()
+        if loop.is_running():  # a sync call from inside a request of this thread (a callback): hop
+            return self.thread.run(coro)
+        task = loop.create_task(coro)
+        if outer is not None:
+            asyncio._set_running_loop(None)  # set aside: blocked until this returns
+        try:
+            return loop.run_until_complete(task)
+        except BaseException:  # Ctrl-C: cancel the request and let it write its record before leaving
+            if not task.done():
+                loop.call_soon(task.cancel)  # after its first step, so a request never dies unstarted
+                with contextlib.suppress(BaseException):
+                    loop.run_until_complete(asyncio.wait([task]))
+            raise
+        finally:
+            if outer is not None:
+                asyncio._set_running_loop(outer)
+
+    def settle_here(self) -> None:
+        """After closing: run what closing left for this thread's loop for sync calls (closing its
+        connection pools) now, rather than at its next use."""
+        held: _HeldLoop | None = getattr(_threads, "held", None)
+        if held is None or held.pid != os.getpid() or held.loop.is_running() or held.loop.is_closed():
+            return
+        outer = asyncio._get_running_loop()
+        if outer is not None:
+            asyncio._set_running_loop(None)
+        try:
+            held.loop.run_until_complete(_run_queued())
+        finally:
+            if outer is not None:
+                asyncio._set_running_loop(outer)
+
+    def check_can_block(self) -> None:
+        """Before a sync call that waits for requests: refuse if this thread's running loop has this
+        client's async requests in flight (see the class docstring)."""
+        if self._active:
+            outer = asyncio._get_running_loop()
+            if outer is not None and outer in self._active:
+                self.refuse_blocking()
+
+    def refuse_blocking(self) -> None:
+        raise RuntimeError(
+            "a sync llmkit call from an event loop that is running this client's async requests would "
+            "block them (and could wait forever for a concurrency slot or rate-limit turn they hold); "
+            "await them first, or use the async API (await client.acompletion(...))")
+
+
+def _in_ipython() -> bool:
+    """In an IPython shell or Jupyter kernel (whose cells mix sync and async calls on one running loop)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        return ipython.get_ipython() is not None
+    except Exception:  # pragma: no cover - a broken IPython install: be careful
+        return True
+
+
+async def _run_queued() -> None:
+    """Let callbacks queued for this (idle) loop run, and the tasks they start end (bounded)."""
+    await asyncio.sleep(0)
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+
+
+class _HeldLoop:
+    """The event loop llmkit keeps for one thread's sync requests, closed with the thread's locals."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop()  # (standard time, whatever the policy)
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:  # the thread ended: what closing queued for it (its connections) runs first
+        loop = self.loop
+        if self.pid == os.getpid() and not loop.is_running() and not loop.is_closed():
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(_run_queued())
+            with contextlib.suppress(Exception):
+                loop.close()
+
+
+_threads = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's loop for sync requests (a new one in a forked child)."""
+    held: _HeldLoop | None = getattr(_threads, "held", None)
+    if held is None or held.pid != os.getpid() or held.loop.is_closed():
+        held = _threads.held = _HeldLoop()
+    return held.loop
 
 
 class _Job:

@@ -1,9 +1,10 @@
-"""The in-process service behind a client: routing, budgets, costs, the ledger and health, on one loop.
+"""The in-process service behind a client: routing, budgets, costs, the ledger and health.
 
-Everything here runs on the client's private event loop (see ``_loop``). ``execute`` and ``stream`` are
-the two request paths; both end every request in exactly one ledger record (ok, error, or cancelled by
-its caller: a cancelled task, ``cancel(id)``, an abandoned stream with its tokens so far estimated), written
-durably before the result is handed back.
+Requests run on llmkit's private loop, on an async caller's own loop, or on a sync caller's thread (see
+``_loop``), all at once: what they share is thread-safe. ``execute`` and ``stream`` are the two request
+paths; both end every request in exactly one ledger record (ok, error, or cancelled by its caller: a
+cancelled task, ``cancel(id)``, an abandoned stream with its tokens so far estimated), written durably
+before the result is handed back.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class Flight:
     def __init__(self, service: Service) -> None:
         self.service = service
         self.token: Any = None
-        service.in_flight += 1
+        with service._count_lock:  # requests may run on several loops (threads) at once
+            service.in_flight += 1
         self.task = service._track()
 
     async def reserve(self, request: Request) -> Any:
@@ -65,7 +67,13 @@ class Flight:
     def end(self) -> None:
         service = self.service
         service._tasks.discard(self.task)
-        service.in_flight -= 1
+        with service._count_lock:
+            service.in_flight -= 1
+            last = service.in_flight == 0 and service.ledger_close_pending
+            if last:
+                service.ledger_close_pending = False
+        if last:
+            service.close_ledger_now()
         if self.token is not None and service.budget is not None:
             service.budget.release(self.token)
 
@@ -99,6 +107,7 @@ class Service:
         self._count_lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # requests running on the loop, ended by aclose()
         self.closing = False
+        self.ledger_close_pending = False  # closed by the last request a close could not wait for (``aclose``)
         self.cache = ResponseCache(config, self.events, cache_clock or wallclock)
 
     # -- requests ------------------------------------------------------------------------------
@@ -449,24 +458,81 @@ class Service:
         if self.shared is not None:
             self.shared.start()
 
-    async def aclose(self) -> None:
+    async def aclose(self, parked: asyncio.AbstractEventLoop | None = None) -> None:
+        """Cancel what is running (on every loop) and wait for its records, then release everything.
+
+        ``parked``: a loop that this close blocks (``close()`` called from a notebook cell while requests of
+        the cell's loop are running): its requests cannot end until the close returns, so they are
+        cancelled without waiting, and the ledger is closed by the last of them, after its record."""
         self.closing = True
         await asyncio.sleep(0)  # requests handed over just before close start (and are tracked) first
-        tasks = [t for t in self._tasks if not t.done()]
+        here = asyncio.get_running_loop()
+        tasks = [t for t in list(self._tasks) if not t.done()]
         for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+            _cancel(task, here)
+        waitable = [t for t in tasks if t.get_loop() is not parked]
+        if waitable:
+            await _wait_tasks(waitable, here, timeout=10)
         await self.health.stop()
         for provider in self.providers.values():
             try:
                 await provider.aclose()
             except Exception as err:  # closing must not fail because one provider did
                 logger.warning("closing provider %s: %s", provider.name, err)
-        await asyncio.get_running_loop().run_in_executor(None, self.cache.close)
+        await here.run_in_executor(None, self.cache.close)
         if self.shared is not None:
             await self.shared.aclose()
-        await asyncio.get_running_loop().run_in_executor(None, self.ledger.close)
+        with self._count_lock:
+            self.ledger_close_pending = self.in_flight > 0 and any(not t.done() for t in tasks)
+        if not self.ledger_close_pending:
+            await here.run_in_executor(None, self.ledger.close)
+
+    def close_ledger_now(self) -> None:
+        """The last request that a close could not wait for has its record: close the ledger."""
+        try:
+            self.ledger.close()
+        except Exception as err:  # pragma: no cover - closing must not fail the request that ends
+            logger.warning("closing the ledger: %s", err)
+
+
+def _cancel(task: asyncio.Task[Any], here: asyncio.AbstractEventLoop) -> None:
+    """Cancel ``task`` on its own loop (requests may run on several)."""
+    loop = task.get_loop()
+    if loop is here:
+        task.cancel()
+    elif not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # it closed just now
+            loop.call_soon_threadsafe(task.cancel)
+
+
+async def _wait_tasks(tasks: list[asyncio.Task[Any]], here: asyncio.AbstractEventLoop, timeout: float) -> None:
+    """Wait up to ``timeout`` for tasks of any loop to end."""
+    waiters: list[asyncio.Future[Any]] = []
+    for task in tasks:
+        loop = task.get_loop()
+        if loop is here:
+            waiters.append(task)
+            continue
+        if loop.is_closed():
+            continue
+        done: asyncio.Future[None] = here.create_future()
+
+        def ended(_: Any, done: asyncio.Future[None] = done) -> None:  # on the task's loop
+            with contextlib.suppress(RuntimeError):  # the waiting loop closed
+                here.call_soon_threadsafe(_set, done)
+
+        try:
+            loop.call_soon_threadsafe(task.add_done_callback, ended)
+        except RuntimeError:
+            continue
+        waiters.append(done)
+    if waiters:
+        await asyncio.wait(waiters, timeout=timeout)
+
+
+def _set(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:

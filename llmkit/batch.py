@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ._client import Client
-    from ._loop import LoopThread
+    from ._loop import ClientLoop
 
 __all__ = ["COLUMNS", "BatchInterrupted", "Plan", "amap", "map_rows", "plan"]
 
@@ -570,7 +570,7 @@ def _interrupted(batch: _Batch, response_model: Any) -> BatchInterrupted:
     return BatchInterrupted(message, partial)
 
 
-def map_rows(client: Client, loop: LoopThread, inputs: Any, *, model: str, prompt: str | None = None,
+def map_rows(client: Client, loop: ClientLoop, inputs: Any, *, model: str, prompt: str | None = None,
              system: str | None = None, response_model: Any = None, max_concurrency: int | None = None,
              on_error: str = "record", progress: bool | Mapping[str, Any] = True, cache: Any = True,
              **kwargs: Any) -> pd.DataFrame:
@@ -606,7 +606,7 @@ def map_rows(client: Client, loop: LoopThread, inputs: Any, *, model: str, promp
     return batch.frame(response_model)
 
 
-async def amap(client: Client, loop: LoopThread, inputs: Any, *, model: str, prompt: str | None = None,
+async def amap(client: Client, loop: ClientLoop, inputs: Any, *, model: str, prompt: str | None = None,
                system: str | None = None, response_model: Any = None, max_concurrency: int | None = None,
                on_error: str = "record", progress: bool | Mapping[str, Any] = True, cache: Any = True,
                **kwargs: Any) -> pd.DataFrame:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from ._loop import LoopThread
+    from ._loop import ClientLoop
     from ._service import Service
     from .routing.router import Slot
 
@@ -424,7 +424,7 @@ def _progress(total: int, show: bool) -> Any:
     return tqdm(total=total, desc="embedding", unit="text")
 
 
-def embed(loop: LoopThread, service: Service, data: Any, model: str, *, as_array: bool = False,
+def embed(loop: ClientLoop, service: Service, data: Any, model: str, *, as_array: bool = False,
           progress: bool = True, cache: EmbeddingCache | None = None, **kwargs: Any) -> Any:
     """``client.embed``: run ``embed_texts`` on the client's loop and shape the result."""
     texts, index = _inputs(data)
@@ -439,7 +439,7 @@ def embed(loop: LoopThread, service: Service, data: Any, model: str, *, as_array
     return matrix if as_array else _frame(matrix, index, stats, getattr(index, "name", None))
 
 
-async def aembed(loop: LoopThread, service: Service, data: Any, model: str, *, as_array: bool = False,
+async def aembed(loop: ClientLoop, service: Service, data: Any, model: str, *, as_array: bool = False,
                  progress: bool = True, cache: EmbeddingCache | None = None, **kwargs: Any) -> Any:
     """``client.aembed``: ``embed`` for async code."""
     texts, index = _inputs(data)

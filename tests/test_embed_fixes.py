@@ -235,7 +235,7 @@ def test_embed_cache_io_runs_off_the_loop_thread() -> None:
     cache = ThreadCache()
     with llmkit.Client([mock("a", ["emb"], 8)], ledger=None, health_interval=None) as client:
         client.embed([f"t{i}" for i in range(10)], model="emb", batch_size=4, progress=False, cache=cache)
-        loop_thread = client._loop._thread
+        loop_thread = client._loop.thread._thread
     assert len(cache.threads) == 4 and loop_thread is not None  # one lookup, three stores
     assert all(t is not loop_thread for t in cache.threads)
 

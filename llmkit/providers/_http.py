@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, cast
 
 import httpx
 
@@ -303,9 +303,10 @@ class HTTPProvider(Provider):
         self.base_url = base.rstrip("/")
         #: ``?api-version=...`` from ``base_url`` (Azure and gateways): kept on every request.
         self.base_query = query.partition("#")[0]
-        self._pools: list[list[Any]] = []
-        self._verify: Any = False
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        # Connection pools per event loop (a connection belongs to the loop that opened it; requests may run
+        # on several: the caller's and llmkit's own): loop -> [client, requests in flight, size] lists.
+        self._loop_pools: dict[asyncio.AbstractEventLoop, list[list[Any]]] = {}
+        self._verify: Any = None
 
     # -- hooks -----------------------------------------------------------------------------------
 
@@ -332,11 +333,11 @@ class HTTPProvider(Provider):
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """The first pooled client (created on first use, on the running loop)."""
+        """The running loop's first pooled client (created on first use)."""
         return self._shards()[0][0]
 
     def _shards(self) -> list[list[Any]]:
-        """The provider's connection pools made so far, as ``[client, requests in flight, size]`` lists.
+        """The running loop's connection pools made so far, as ``[client, requests in flight, size]`` lists.
 
         ``max_concurrency`` connections are split over pools of at most ``SHARD_CONNECTIONS``: httpcore's
         pool does work for every connection it holds on each request it queues and releases
@@ -344,24 +345,28 @@ class HTTPProvider(Provider):
         times the CPU per request of eight 4-connection pools, for the same connections in total.
         Pools are made lazily (:meth:`_lease` adds one when every pool made so far is full), so a large
         ``max_concurrency`` (a safety net) costs nothing until that many requests are in flight.
+        Each event loop that sends requests has pools of its own (only that loop's thread touches them).
         """
         loop = asyncio.get_running_loop()
-        pools = self._pools
-        if not pools or self._client_loop is not loop or pools[0][0].is_closed:
-            old_loop = self._client_loop
-            for old, *_ in pools:
-                if old_loop is not None and old_loop is not loop and old_loop.is_running():
-                    asyncio.run_coroutine_threadsafe(old.aclose(), old_loop)  # close it where it lives
-            # a plain-http server (a local model) never needs TLS; https pools share one TLS context
-            self._verify = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
-            self._pools, self._client_loop = [], loop
-            pools = self._pools
-            self._add_shard()
+        pools = self._loop_pools.get(loop)
+        if pools is None or pools[0][0].is_closed:
+            pools = self._new_pools(loop)
         return pools
 
-    def _add_shard(self) -> list[Any] | None:
+    def _new_pools(self, loop: asyncio.AbstractEventLoop) -> list[list[Any]]:
+        """A first pool for ``loop``; pools of loops that have closed are let go."""
+        if self._verify is None:  # a plain-http server (a local model) never needs TLS; https pools share one context
+            self._verify = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
+        pools: list[list[Any]] = []
+        kept = {other: p for other, p in self._loop_pools.items() if other is not loop and not other.is_closed()}
+        kept[loop] = pools
+        self._loop_pools = kept  # replaced whole: a reader on another loop's thread never sees it half-built
+        self._add_shard(pools)
+        return pools
+
+    def _add_shard(self, pools: list[list[Any]]) -> list[Any] | None:
         """One more pool of at most ``SHARD_CONNECTIONS`` (None once ``max_concurrency`` connections exist)."""
-        made = sum(s[2] for s in self._pools)
+        made = sum(s[2] for s in pools)
         size = min(SHARD_CONNECTIONS, self.config.max_concurrency - made)
         if size <= 0:
             return None
@@ -369,15 +374,16 @@ class HTTPProvider(Provider):
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         shard = [httpx.AsyncClient(headers=self._headers(), timeout=self._timeout(None), verify=self._verify,
                                    auth=auth, limits=limits), 0, size]
-        self._pools.append(shard)
+        pools.append(shard)
         return shard
 
     @contextlib.contextmanager
     def _lease(self) -> Iterator[httpx.AsyncClient]:
         """The least busy pool, for one request (a new pool when every one is full and the cap allows)."""
-        shard = min(self._shards(), key=lambda s: s[1])
+        pools = self._shards()
+        shard = min(pools, key=lambda s: s[1])
         if shard[1] >= shard[2]:
-            shard = self._add_shard() or shard
+            shard = self._add_shard(pools) or shard
         shard[1] += 1
         try:
             yield shard[0]
@@ -389,17 +395,29 @@ class HTTPProvider(Provider):
         self._shards()
 
     def client_if_any(self) -> httpx.AsyncClient | None:
-        """The first pooled client if one was created (for inspection; does not create one)."""
-        return self._pools[0][0] if self._pools else None
+        """A pooled client if one was created (for inspection; does not create one)."""
+        for pools in list(self._loop_pools.values()):
+            if pools:
+                return cast("httpx.AsyncClient", pools[0][0])
+        return None
 
     async def aclose(self) -> None:
-        pools, self._pools = self._pools, []
-        for client, *_ in pools:
-            if not client.is_closed:
-                try:
-                    await client.aclose()
-                except RuntimeError:  # created on a loop that is gone
-                    pass
+        """Close every loop's pools: the running loop's here, another loop's on that loop (at once if it is
+        running; an idle one, a thread's loop for sync calls, on its next run: ``ClientLoop.settle_here``)."""
+        here = asyncio.get_running_loop()
+        by_loop, self._loop_pools = self._loop_pools, {}
+        for loop, pools in by_loop.items():
+            for client, *_ in pools:
+                if client.is_closed:
+                    continue
+                if loop is here:
+                    try:
+                        await client.aclose()
+                    except RuntimeError:  # pragma: no cover - defensive
+                        pass
+                elif not loop.is_closed():
+                    with contextlib.suppress(RuntimeError):  # it closed meanwhile
+                        asyncio.run_coroutine_threadsafe(client.aclose(), loop)
 
     def url(self, path: str) -> str:
         url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"

@@ -11,6 +11,7 @@ flight at a time.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -87,6 +88,7 @@ class Breaker:
             name=provider,
         )
         self._probing = False
+        self._probe_lock = threading.Lock()
         self.transitions: list[tuple[float, State | None, State]] = []
 
     # -- reading -------------------------------------------------------------------------------
@@ -117,19 +119,22 @@ class Breaker:
 
     def admit(self) -> bool:
         """Before a call: raise ``CircuitOpenError``, or return True if this call is the half-open probe."""
-        raw = _NAMES[self._cb.current_state]
-        if raw == "closed":
+        if self._cb.current_state == pybreaker.STATE_CLOSED:
             return False
-        if raw == "open":
-            wait = self.retry_in()
-            if wait is None or wait > 0:
-                raise CircuitOpenError(self.provider, wait)
-        if self._probing:
-            raise CircuitOpenError(self.provider, 0.0)
-        if raw == "open":
-            self._cb.half_open()
-        self._probing = True
-        return True
+        with self._probe_lock:  # one probe, even with requests on several loops (threads) at once
+            raw = _NAMES[self._cb.current_state]
+            if raw == "closed":
+                return False
+            if raw == "open":
+                wait = self.retry_in()
+                if wait is None or wait > 0:
+                    raise CircuitOpenError(self.provider, wait)
+            if self._probing:
+                raise CircuitOpenError(self.provider, 0.0)
+            if raw == "open":
+                self._cb.half_open()
+            self._probing = True
+            return True
 
     def report(self, exc: BaseException | None, probe: bool = False) -> None:
         """After a call: feed the outcome (None for success) through pybreaker."""

@@ -18,6 +18,7 @@ import asyncio
 import heapq
 import itertools
 import math
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -28,12 +29,18 @@ _arrivals = itertools.count()
 
 
 class PriorityGate:
-    """At most ``capacity`` holders; waiters wake in (priority, arrival) order."""
+    """At most ``capacity`` holders; waiters wake in (priority, arrival) order.
+
+    Thread-safe: requests of one client may run on several event loops at once (an async caller's own
+    loop and llmkit's loop for sync calls), so the count and the waiters are kept under a lock, and a slot
+    handed to a waiter on another loop reaches it through that loop (``call_soon_threadsafe``).
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.in_use = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._lock = threading.Lock()
 
     @property
     def waiting(self) -> int:
@@ -41,35 +48,56 @@ class PriorityGate:
 
     def try_acquire(self) -> bool:
         """Take a free place without waiting (what ``acquire`` does first); False when it would wait."""
-        if self.in_use < self.capacity and not self._waiters:
-            self.in_use += 1
-            return True
+        with self._lock:
+            if self.in_use < self.capacity and not self._waiters:
+                self.in_use += 1
+                return True
         return False
 
     async def acquire(self, priority: int = 0) -> None:
-        if self.try_acquire():
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (priority, next(_arrivals), future)
-        heapq.heappush(self._waiters, entry)
+        with self._lock:  # (the free-place check and the queueing under one hold: a release cannot fall between)
+            if self.in_use < self.capacity and not self._waiters:
+                self.in_use += 1
+                return
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            entry = (priority, next(_arrivals), future)
+            heapq.heappush(self._waiters, entry)
         try:
             await future
         except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
+            with self._lock:
+                handed = future.done() and not future.cancelled()
+                if not handed and entry in self._waiters:  # (a release may have taken it: its hand-off passes on)
+                    self._waiters.remove(entry)
+                    heapq.heapify(self._waiters)
+            if handed:
                 self.release()  # we were handed the slot just as we were cancelled: pass it on
-            elif entry in self._waiters:  # (release() may have dropped it already)
-                self._waiters.remove(entry)
-                heapq.heapify(self._waiters)
             raise
 
     def release(self) -> None:
-        while self._waiters:
-            _, _, future = heapq.heappop(self._waiters)
-            if future.done():  # a waiter cancelled but not yet resumed: it is no longer waiting
-                continue
-            future.set_result(None)  # the slot moves straight to the next waiter
+        with self._lock:
+            while self._waiters:
+                _, _, future = heapq.heappop(self._waiters)
+                if not future.done():  # (a waiter cancelled but not yet resumed is no longer waiting)
+                    break
+            else:
+                self.in_use -= 1
+                return
+        loop = future.get_loop()  # the slot moves straight to the next waiter
+        if loop is asyncio._get_running_loop():
+            future.set_result(None)
             return
-        self.in_use -= 1
+        try:
+            loop.call_soon_threadsafe(self._hand, future)
+        except RuntimeError:  # its loop has closed: nobody is waiting there any more
+            self.release()
+
+    def _hand(self, future: asyncio.Future[None]) -> None:
+        """On the waiter's loop: give it the slot, or pass the slot on if it was cancelled meanwhile."""
+        if future.done():
+            self.release()
+        else:
+            future.set_result(None)
 
     async def __aenter__(self) -> None:
         await self.acquire()
@@ -154,8 +182,13 @@ class LocalLimits:
             if rate.burst < rate.count:
                 self._requests.append(SlidingWindow(rate.burst, rate.period_s * rate.burst / rate.count))
         self._tokens = SlidingWindow(tokens_per_minute, 60.0) if tokens_per_minute else None
+        self._lock = threading.Lock()  # requests on several loops (threads) share the windows
 
     def admit(self, tokens: int, now: float) -> float:
+        with self._lock:
+            return self._admit(tokens, now)
+
+    def _admit(self, tokens: int, now: float) -> float:
         wait = 0.0
         for window in self._requests:
             wait = max(wait, window.delay(1.0, now))
@@ -174,7 +207,8 @@ class LocalLimits:
 
     def charge_tokens(self, tokens: int, now: float) -> None:
         if self._tokens is not None and tokens > 0:
-            self._tokens.charge(float(tokens), now)
+            with self._lock:
+                self._tokens.charge(float(tokens), now)
 
 
 class PausedTooLong(Exception):

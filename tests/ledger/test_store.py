@@ -217,6 +217,65 @@ async def test_idle_writer_means_inline_commits(tmp_path: Path) -> None:
         assert len(reopened.request_ids()) == 105
 
 
+class _SlowCheckpoints:
+    """The writer's checkpoint connection on a slow disk: the long part of each checkpoint (the one run while
+    commits go on) starts, then waits for the test to let it finish."""
+
+    def __init__(self, db: sqlite3.Connection, commits_held: threading.Lock) -> None:
+        self.db = db
+        self.commits_held = commits_held
+        self.started, self.release = threading.Semaphore(0), threading.Semaphore(0)
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        if not self.commits_held.locked():
+            self.started.release()
+            assert self.release.acquire(timeout=30)
+        return self.db.execute(sql)
+
+
+@pytest.mark.timeout(120)
+async def test_steady_inline_commits_bring_checkpoints_that_never_stop_them_and_keep_the_wal_small(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_CHECKPOINT_EVERY", 10)
+    monkeypatch.setattr(store, "_CHECKPOINT_IDLE_S", 3600.0)  # the writer is never idle long enough
+    path = tmp_path / "l.sqlite3"
+    ledger = Ledger(path)
+    writer = ledger._writer
+    assert writer is not None
+    slow = _SlowCheckpoints(sqlite3.connect(path, check_same_thread=False), writer.db_lock)
+    writer.checkpoint_db = slow  # type: ignore[assignment]
+    done = threading.Semaphore(0)
+    checkpoint = writer._checkpoint
+
+    def checkpoint_and_say() -> None:
+        checkpoint()
+        done.release()
+
+    monkeypatch.setattr(writer, "_checkpoint", checkpoint_and_say)
+    sizes, n = [], 0
+    for _ in range(4):
+        for _ in range(10):  # calls spaced out: each commits inline; the tenth asks the writer to checkpoint
+            writer.last_inline = -1.0
+            await ledger.append(rec(n))
+            n += 1
+        assert slow.started.acquire(timeout=30)
+        for _ in range(2):  # during the checkpoint's long part, calls still commit inline
+            writer.last_inline = -1.0
+            await ledger.append(rec(n))
+            n += 1
+        slow.release.release()
+        assert done.acquire(timeout=30)
+        sizes.append(os.path.getsize(f"{path}-wal"))
+    assert writer.commits == 0 and writer.inline_commits == n == 48
+    assert sizes[-1] < 2 * sizes[0]  # the WAL starts over after each checkpoint instead of growing
+    writer.checkpoint_db = slow.db
+    ledger.close()
+    with Ledger(path) as reopened:
+        assert len(reopened.request_ids()) == n
+
+
 async def test_concurrent_appends_share_commits_when_the_writer_is_busy(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.sqlite3")
     writer = ledger._writer

@@ -19,7 +19,7 @@ def _provider(url: str, cap: int | None) -> OpenAIProvider:
 
 
 def _sizes(provider: OpenAIProvider) -> list[int]:
-    return [client._transport._pool._max_connections for client, *_ in provider._pools]
+    return [client._transport._pool._max_connections for client, *_ in provider._shards()]
 
 
 async def _in_flight(provider: OpenAIProvider, requests: int) -> tuple[list[int], list[int]]:
@@ -30,7 +30,7 @@ async def _in_flight(provider: OpenAIProvider, requests: int) -> tuple[list[int]
 
     tasks = [asyncio.ensure_future(one()) for _ in range(requests)]
     await asyncio.sleep(0)  # every task has taken its lease and is waiting for the server
-    flights = [shard[1] for shard in provider._pools]
+    flights = [shard[1] for shard in provider._shards()]
     sizes = _sizes(provider)
     await asyncio.gather(*tasks)
     return sizes, flights
@@ -63,9 +63,9 @@ def test_a_large_cap_costs_one_pool_until_requests_need_more() -> None:
 
         async def run() -> tuple[int, int]:
             provider.prepare()
-            made = len(provider._pools)
+            made = len(provider._shards())
             await _in_flight(provider, 3)
-            after = len(provider._pools)
+            after = len(provider._shards())
             await provider.aclose()
             return made, after
 
@@ -77,10 +77,44 @@ def test_a_new_loop_gets_fresh_pools() -> None:
     with FakeOpenAIServer(reply="hi") as server:
         provider = _provider(server.url, 8)
 
-        async def run() -> object:
+        async def run() -> tuple[object, int]:
             await _in_flight(provider, 6)
-            return provider._pools[0][0]
+            return provider._shards()[0][0], len(provider._shards())
 
-        first = asyncio.run(run())
-        second = asyncio.run(run())
-    assert first is not second and len(provider._pools) == 2
+        first, made = asyncio.run(run())
+        second, made_again = asyncio.run(run())
+    assert first is not second and made == made_again == 2
+    assert len(provider._loop_pools) == 1  # the first (closed) loop's pools were let go when the second made its own
+
+
+@pytest.mark.timeout(30)
+def test_loops_running_at_once_each_keep_their_own_pools() -> None:
+    """A request on one loop never closes or borrows the connections another running loop is using."""
+    import threading
+
+    with FakeOpenAIServer(reply="hi", latency=0.05) as server:
+        provider = _provider(server.url, 8)
+        other = asyncio.new_event_loop()
+        thread = threading.Thread(target=other.run_forever, daemon=True)
+        thread.start()
+        try:
+            async def run() -> tuple[object, object, bool]:
+                mine = asyncio.ensure_future(_in_flight(provider, 2))
+                await asyncio.sleep(0)
+                theirs = asyncio.run_coroutine_threadsafe(_in_flight(provider, 2), other)
+                await asyncio.wrap_future(theirs)
+                await mine
+                mine_client = provider._shards()[0][0]
+                theirs_client = asyncio.run_coroutine_threadsafe(_first(provider), other).result(10)
+                return mine_client, theirs_client, mine_client.is_closed
+            mine_client, theirs_client, closed = asyncio.run(run())
+            assert mine_client is not theirs_client and not closed
+            asyncio.run_coroutine_threadsafe(provider.aclose(), other).result(10)
+        finally:
+            other.call_soon_threadsafe(other.stop)
+            thread.join(5)
+            other.close()
+
+
+async def _first(provider: OpenAIProvider) -> object:
+    return provider._shards()[0][0]

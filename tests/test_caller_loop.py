@@ -1,0 +1,286 @@
+"""Async callers run their requests on their own event loop (no hop to llmkit's loop thread), while sync
+calls run on llmkit's loop at the same time: connection pools per loop, one concurrency gate and ledger for
+both, cancellation and ``close()`` that lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import llmkit
+from llmkit._errors import ClientClosedError
+from llmkit.routing.limits import PriorityGate
+from llmkit.testing import FakeOpenAIServer
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _client(url: str, max_concurrency: int = 32, **options: object) -> llmkit.Client:
+    provider = {"name": "fake", "adapter": "openai", "api_key": "sk-test-callerloop", "base_url": url,
+                "models": ["*"], "max_concurrency": max_concurrency}
+    return llmkit.Client([provider], health_interval=None, **options)  # type: ignore[arg-type]
+
+
+async def _until(condition: object, what: str) -> None:
+    """Wait (bounded) for a state another task reaches; yields to the loop, never sleeps for time to pass."""
+    for _ in range(20_000):
+        if condition():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"never reached: {what}")
+
+
+@pytest.fixture
+def other_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_async_call_runs_on_the_callers_loop_and_sync_calls_still_work_after_it_closed() -> None:
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        try:
+            async def call() -> tuple[str, bool, str]:
+                response = await client.acompletion("m", MESSAGES)
+                pools = client.provider("fake")._loop_pools  # type: ignore[attr-defined]
+                return response.content, asyncio.get_running_loop() in pools, threading.current_thread().name
+
+            content, on_my_loop, _ = asyncio.run(call())
+            assert content == "hello" and on_my_loop
+            assert client.completion("m", MESSAGES).content == "hello"  # on llmkit's loop, the first loop closed
+            assert asyncio.run(call())[:2] == ("hello", True)  # a second asyncio.run: its own pools again
+            assert len(client.usage()) == 3
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_cancelled_async_caller_sees_its_record_written_before_the_cancellation() -> None:
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None)
+        try:
+            async def run() -> list[str]:
+                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+                await _until(lambda: server.requests, "the server got the request")
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                return list(client.usage()["status"])  # no waiting: the record came first
+
+            assert asyncio.run(run()) == ["cancelled"]
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_from_a_loop_with_requests_running_on_it_returns_and_loses_no_record(tmp_path: Path) -> None:
+    """A notebook cell calling ``close()`` while the kernel loop's own requests run: the close cannot wait
+    for them (it blocks that loop), so they end after it, with their records, and then the ledger closes."""
+    ledger = tmp_path / "ledger.sqlite3"
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=str(ledger))
+
+        async def cell() -> tuple[bool, BaseException | None, bool]:
+            task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+            await _until(lambda: server.requests, "the server got the request")
+            client.close()  # blocks this loop: the request above cannot end before this returns
+            pending = client._service.ledger_close_pending
+            outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+            return pending, outcome if isinstance(outcome, BaseException) else None, \
+                client._service.ledger_close_pending
+
+        pending, outcome, still_pending = asyncio.run(cell())
+    assert pending and not still_pending  # the ledger waited for the request, then closed
+    assert isinstance(outcome, ClientClosedError)
+    with sqlite3.connect(ledger) as db:
+        rows = db.execute("SELECT status, error_type FROM requests").fetchall()
+    assert rows == [("error", "ClientClosedError")]
+
+
+@pytest.mark.timeout(30)
+def test_a_gate_hands_a_slot_to_a_waiter_on_another_loop(other_loop: asyncio.AbstractEventLoop) -> None:
+    gate = PriorityGate(1)
+
+    async def run() -> tuple[int, int]:
+        await gate.acquire()
+        theirs = asyncio.run_coroutine_threadsafe(gate.acquire(), other_loop)
+        await _until(lambda: gate.waiting == 1, "the other loop waits")
+        gate.release()  # from this loop's thread: the slot reaches the other loop's waiter there
+        await asyncio.wrap_future(theirs)
+        held = gate.in_use
+        asyncio.run_coroutine_threadsafe(_release(gate), other_loop).result(5)
+        return held, gate.in_use
+
+    assert asyncio.run(run()) == (1, 0)
+
+
+@pytest.mark.timeout(30)
+def test_a_waiter_cancelled_on_another_loop_passes_its_turn_on(other_loop: asyncio.AbstractEventLoop) -> None:
+    gate = PriorityGate(1)
+
+    async def run() -> tuple[int, int]:
+        await gate.acquire()
+        theirs = asyncio.run_coroutine_threadsafe(gate.acquire(priority=0), other_loop)
+        await _until(lambda: gate.waiting == 1, "the other loop waits")
+        mine = asyncio.ensure_future(gate.acquire(priority=1))
+        await _until(lambda: gate.waiting == 2, "this loop waits too")
+        theirs.cancel()  # cancelled on its own loop before the slot is released
+        await _until(lambda: gate.waiting == 1, "the cancelled waiter left")
+        gate.release()
+        await mine  # the turn passed to the waiter still there
+        held = gate.in_use
+        gate.release()
+        return held, gate.in_use
+
+    assert asyncio.run(run()) == (1, 0)
+
+
+async def _release(gate: PriorityGate) -> None:
+    gate.release()
+
+
+@pytest.mark.timeout(60)
+def test_sync_and_async_callers_at_once_share_one_client() -> None:
+    """Threads calling ``completion`` while an event loop gathers ``acompletion``: every call answered,
+    one record each, the concurrency gate back to zero."""
+    with FakeOpenAIServer(reply="ok") as server:
+        client = _client(server.url, ledger=None, max_concurrency=3)
+        try:
+            results: list[str] = []
+
+            def worker() -> None:
+                for _ in range(10):
+                    results.append(client.completion("m", MESSAGES).content)
+
+            threads = [threading.Thread(target=worker) for _ in range(3)]
+            for t in threads:
+                t.start()
+
+            async def gather() -> list[str]:
+                answers = await asyncio.gather(*(client.acompletion("m", MESSAGES) for _ in range(30)))
+                return [a.content for a in answers]
+
+            assert asyncio.run(gather()) == ["ok"] * 30
+            for t in threads:
+                t.join(30)
+            assert results == ["ok"] * 30
+            assert len(client.usage()) == 60 and client.in_flight() == 0
+            slot = client._service.router.slots[0]
+            assert slot.gate.in_use == 0 and slot.gate.waiting == 0
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_call_runs_on_the_callers_thread_in_a_script_a_worker_thread_and_a_running_loop() -> None:
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        def pools() -> dict[object, object]:
+            return client.provider("fake")._loop_pools  # type: ignore[attr-defined,no-any-return]
+
+        try:
+            assert client.completion("m", MESSAGES).content == "hello"
+            assert _thread_loop() in pools()  # this thread's loop sent it: no hop to llmkit's thread
+
+            seen: list[bool] = []
+            worker = threading.Thread(target=lambda: seen.append(
+                client.completion("m", MESSAGES).content == "hello" and _thread_loop() in pools()))
+            worker.start()
+            worker.join(30)
+            assert seen == [True]
+
+            async def inside() -> tuple[str, bool]:
+                outer = asyncio.get_running_loop()
+                content = client.completion("m", MESSAGES).content  # blocks this loop, which is set aside
+                return content, asyncio.get_running_loop() is outer
+
+            assert asyncio.run(inside()) == ("hello", True)
+            assert len(client.usage()) == 3
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_call_from_a_loop_running_this_clients_requests_is_refused_not_hung() -> None:
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None, max_concurrency=1)
+        try:
+            async def run() -> None:
+                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds the one slot
+                await _until(lambda: server.requests, "the server got the request")
+                with pytest.raises(RuntimeError, match="await them first"):
+                    client.completion("m", MESSAGES)
+                rid = client.completion_async("m", MESSAGES)
+                with pytest.raises(RuntimeError, match="await them first"):
+                    client.get_result(rid)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await client.aget_result(rid)  # the slot is free again
+
+            asyncio.run(run())
+            assert sorted(client.usage()["status"]) == ["cancelled", "ok"]
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_a_sync_call_cancels_the_request_and_records_it() -> None:
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None)
+        try:
+            def interrupt() -> None:
+                raise KeyboardInterrupt
+
+            _thread_loop().call_soon(interrupt)  # Ctrl-C as the request starts
+            with pytest.raises(KeyboardInterrupt):
+                client.completion("m", MESSAGES)
+            assert list(client.usage()["status"]) == ["cancelled"]  # recorded before the interrupt surfaced
+            assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_close_closes_the_connections_of_sync_calls_on_this_thread_and_on_others() -> None:
+    """This thread's at once; a live worker thread's when its thread ends (or at its next sync call)."""
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        client.completion("m", MESSAGES)
+        done, finish = threading.Event(), threading.Event()
+
+        def work() -> None:
+            client.completion("m", MESSAGES)
+            done.set()
+            finish.wait(30)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        assert done.wait(30)
+        pools = dict(client.provider("fake")._loop_pools)  # type: ignore[attr-defined]
+        assert len(pools) == 3  # llmkit's loop (prepared), this thread's, the worker's
+        client.close()
+        assert all(c.is_closed for c, *_ in pools[_thread_loop()])  # by close(), not at the next sync call
+        finish.set()
+        worker.join(30)
+        assert all(c.is_closed for pool in pools.values() for c, *_ in pool)  # the worker's: as its thread ended
