@@ -215,7 +215,7 @@ class Client:
         if self._loop.in_loop_thread() and not future.done():
             raise RuntimeError("get_result would block llmkit's own loop; use await client.aget_result(...)")
         if not future.done():
-            self._loop.check_can_block()
+            self._loop.check_can_block(self._service.saturated)
         try:
             future.result(timeout)
         except BaseException as exc:
@@ -251,7 +251,7 @@ class Client:
     def stream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> Stream:
         """``for chunk in client.stream(...)``; the stream's ``.response`` holds usage and cost at the end."""
         request = self._request(model, messages, True, **kwargs)
-        self._loop.check_can_block()
+        self._loop.check_can_block(self._service.saturated)
         return Stream(self._loop.thread, lambda: self._feed(request))
 
     def astream(self, model: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> AsyncStream:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import os
 import sys
@@ -205,9 +206,10 @@ class ClientLoop:
     virtual time, shared state on Redis, or an IPython shell or Jupyter kernel, whose cells mix sync and
     async calls on one loop) sends every request to the private loop, as before.
 
-    A sync request from a thread whose running loop has this client's async requests in flight would
-    block them, and could wait forever for a concurrency slot or rate-limit turn they hold: it raises
-    ``RuntimeError`` instead (await them first, or use the async API).
+    A sync request from a thread whose running loop has this client's async requests in flight blocks
+    them until it returns, so it may not wait for a concurrency slot or rate-limit turn (they may hold
+    it): it runs if one is free and raises ``RuntimeError(BLOCKED_LOOP)`` otherwise (``NO_WAIT``).
+    Requests left pending on a loop that stops running keep their slots until it runs again.
     """
 
     def __init__(self, thread: LoopThread, direct: bool) -> None:
@@ -240,7 +242,7 @@ class ClientLoop:
                 active = self._active
                 active[running] = active.get(running, 0) + 1  # (each loop's count: only its own thread)
                 try:
-                    return await running.create_task(coro)
+                    return await _own_task(running, coro)
                 finally:
                     left = active[running] - 1
                     if left:
@@ -254,13 +256,17 @@ class ClientLoop:
         if not self.direct or self.thread.in_loop_thread():
             return self.thread.run(coro)
         outer = asyncio._get_running_loop()
-        if outer is not None and outer in self._active:
-            coro.close()
-            self.refuse_blocking()
+        context = None
+        if outer is not None and outer in self._active:  # that loop's requests hold slots and cannot run now:
+            context = contextvars.copy_context()  # this request may not wait for one (``NO_WAIT``)
+            context.run(NO_WAIT.set, True)
         loop = _thread_loop()
-        if loop.is_running():  # a sync call from inside a request of this thread (a callback): hop
-            return self.thread.run(coro)
-        task = loop.create_task(coro)
+        if loop.is_running():  # from inside a sync request of this thread (a callback): it would wait on itself
+            coro.close()
+            raise RuntimeError(
+                "llmkit's sync API was called from inside one of llmkit's own requests (a callback?); "
+                "use the async API (await client.acompletion(...)) there")
+        task = loop.create_task(coro, context=context)
         if outer is not None:
             asyncio._set_running_loop(None)  # set aside: blocked until this returns
         try:
@@ -268,8 +274,10 @@ class ClientLoop:
         except BaseException:  # Ctrl-C: cancel the request and let it write its record before leaving
             if not task.done():
                 loop.call_soon(task.cancel)  # after its first step, so a request never dies unstarted
-                with contextlib.suppress(BaseException):
+                try:
                     loop.run_until_complete(asyncio.wait([task]))
+                except BaseException:  # Ctrl-C again: the request ends (and records) on a thread of its own
+                    _finish_elsewhere(task)
             raise
         finally:
             if outer is not None:
@@ -290,19 +298,25 @@ class ClientLoop:
             if outer is not None:
                 asyncio._set_running_loop(outer)
 
-    def check_can_block(self) -> None:
-        """Before a sync call that waits for requests: refuse if this thread's running loop has this
-        client's async requests in flight (see the class docstring)."""
+    def check_can_block(self, waiting: Callable[[], bool] | None = None) -> None:
+        """Before a sync call that waits for requests on the private loop: refuse if this thread's running
+        loop has this client's async requests in flight, which hold slots and cannot run until the call
+        returns; with ``waiting`` (is anything of this client waiting for a slot or turn, or is every slot
+        taken?), only then."""
         if self._active:
             outer = asyncio._get_running_loop()
-            if outer is not None and outer in self._active:
-                self.refuse_blocking()
+            if outer is not None and outer in self._active and (waiting is None or waiting()):
+                raise RuntimeError(BLOCKED_LOOP)
 
-    def refuse_blocking(self) -> None:
-        raise RuntimeError(
-            "a sync llmkit call from an event loop that is running this client's async requests would "
-            "block them (and could wait forever for a concurrency slot or rate-limit turn they hold); "
-            "await them first, or use the async API (await client.acompletion(...))")
+
+BLOCKED_LOOP = (
+    "a sync llmkit call from an event loop that is running this client's async requests cannot wait for a "
+    "concurrency slot or rate-limit turn: those requests may hold it, and they cannot run until the call "
+    "returns; await them first, or use the async API (await client.acompletion(...))")
+
+#: Set in a sync request whose caller blocks a loop running this client's requests: it raises
+#: ``RuntimeError(BLOCKED_LOOP)`` instead of waiting for a concurrency slot or rate-limit turn.
+NO_WAIT: contextvars.ContextVar[bool] = contextvars.ContextVar("llmkit_no_wait", default=False)
 
 
 def _in_ipython() -> bool:
@@ -314,6 +328,37 @@ def _in_ipython() -> bool:
         return ipython.get_ipython() is not None
     except Exception:  # pragma: no cover - a broken IPython install: be careful
         return True
+
+
+async def _own_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` as a task of its own on ``loop`` (the caller's) and wait for it. A cancelled caller
+    cancels it after its first step (so a request never dies unstarted, without a record) and waits for
+    its end, record written, before the cancellation goes on."""
+    task = loop.create_task(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            loop.call_soon(task.cancel)
+            await asyncio.wait([task])  # (cancelled again meanwhile: the request still ends on its own)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller went away
+        raise
+
+
+def _finish_elsewhere(task: asyncio.Task[Any]) -> None:
+    """A second Ctrl-C while a cancelled sync request cleans up: its loop (this thread's, idle once we leave)
+    finishes it on a daemon thread, and this thread gets a new loop for its next sync call."""
+    held: _HeldLoop | None = getattr(_threads, "held", None)
+    if held is None or held.loop is not task.get_loop():
+        return
+    _threads.held = None
+
+    def finish() -> None:
+        with contextlib.suppress(BaseException):
+            held.loop.run_until_complete(asyncio.wait([task]))
+
+    threading.Thread(target=finish, name="llmkit-cancel", daemon=True).start()
 
 
 async def _run_queued() -> None:
@@ -337,6 +382,8 @@ class _HeldLoop:
         if self.pid == os.getpid() and not loop.is_running() and not loop.is_closed():
             with contextlib.suppress(Exception):
                 loop.run_until_complete(_run_queued())
+            with contextlib.suppress(Exception):  # connection pools parked on this loop close with it
+                loop.run_until_complete(loop.shutdown_asyncgens())
             with contextlib.suppress(Exception):
                 loop.close()
 

@@ -442,6 +442,10 @@ class Service:
         """Requests waiting: queued and not started, or waiting for a concurrency slot or a rate limit."""
         return self._submitted + sum(s.waiting for s in self.slots)
 
+    def saturated(self) -> bool:
+        """Is anything waiting for a concurrency slot or rate-limit turn, or is some provider's every slot taken?"""
+        return any(s.waiting or s.gate.in_use >= s.gate.capacity for s in self.slots)
+
     @property
     def pending(self) -> int:
         """Requests not finished: waiting, or running."""
@@ -470,7 +474,8 @@ class Service:
         tasks = [t for t in list(self._tasks) if not t.done()]
         for task in tasks:
             _cancel(task, here)
-        waitable = [t for t in tasks if t.get_loop() is not parked]
+        # (a loop that is not running, like one left by run_until_complete, cannot end its requests either)
+        waitable = [t for t in tasks if t.get_loop() is not parked and t.get_loop().is_running()]
         if waitable:
             await _wait_tasks(waitable, here, timeout=10)
         await self.health.stop()

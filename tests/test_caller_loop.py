@@ -216,25 +216,89 @@ def test_a_sync_call_runs_on_the_callers_thread_in_a_script_a_worker_thread_and_
 
 
 @pytest.mark.timeout(60)
-def test_a_sync_call_from_a_loop_running_this_clients_requests_is_refused_not_hung() -> None:
+def test_a_sync_call_from_a_loop_running_this_clients_requests_runs_unless_it_would_wait_for_them() -> None:
+    """Those requests cannot run while the sync call blocks their loop: a slot is free, so it runs; every
+    slot is theirs, so it raises instead of waiting forever."""
     with FakeOpenAIServer(reply="slow") as server:
         server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=None, max_concurrency=1)
+        client = _client(server.url, ledger=None, max_concurrency=2)
         try:
-            async def run() -> None:
-                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds the one slot
+            async def run() -> str:
+                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds one of two slots
                 await _until(lambda: server.requests, "the server got the request")
+                answer = client.completion("m", MESSAGES).content  # the other slot
+                busy = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+                server.enqueue("slow", latency=30)
+                await _until(lambda: len(server.requests) == 3, "both slots taken")
                 with pytest.raises(RuntimeError, match="await them first"):
                     client.completion("m", MESSAGES)
                 rid = client.completion_async("m", MESSAGES)
+                await _until(lambda: client.queue_depth() == 1, "the queued request waits for a slot")
                 with pytest.raises(RuntimeError, match="await them first"):
                     client.get_result(rid)
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-                await client.aget_result(rid)  # the slot is free again
+                busy.cancel()
+                await asyncio.gather(task, busy, return_exceptions=True)
+                await client.aget_result(rid)  # a slot is free again
+                return answer
+
+            assert asyncio.run(run()) == "slow"
+            assert sorted(client.usage()["status"]) == ["cancelled", "cancelled", "error", "ok", "ok"]
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_call_from_inside_a_sync_request_is_refused() -> None:
+    """A callback inside a request (here the mock's reply) calling the sync API would wait on itself."""
+    seen: list[str] = []
+
+    def reply(request: object) -> str:
+        try:
+            client.completion("m", [{"role": "user", "content": "inner"}])
+        except RuntimeError as err:
+            seen.append(str(err))
+        return "outer"
+
+    client = llmkit.Client([{"name": "m", "adapter": "mock", "models": ["*"], "reply": reply,
+                             "max_concurrency": 1}], ledger=None, health_interval=None)
+    try:
+        assert client.completion("m", MESSAGES).content == "outer"
+        assert len(seen) == 1 and "inside one of llmkit's own requests" in seen[0]
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_async_request_cancelled_before_its_first_step_is_still_recorded() -> None:
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None)
+        try:
+            async def run() -> None:
+                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+                await asyncio.sleep(0)  # acompletion has made the request's task; it has not taken a step
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
 
             asyncio.run(run())
-            assert sorted(client.usage()["status"]) == ["cancelled", "ok"]
+            assert list(client.usage()["status"]) == ["cancelled"]
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_run_closes_the_connections_its_loop_opened() -> None:
+    with FakeOpenAIServer(reply="hello") as server:
+        client = _client(server.url, ledger=None)
+        try:
+            async def call() -> list[object]:
+                await client.acompletion("m", MESSAGES)
+                return [c for c, *_ in client.provider("fake")._shards()]  # type: ignore[attr-defined]
+
+            opened = asyncio.run(call())
+            assert opened and all(c.is_closed for c in opened)  # type: ignore[attr-defined]
         finally:
             client.close()
 
@@ -255,6 +319,38 @@ def test_ctrl_c_in_a_sync_call_cancels_the_request_and_records_it() -> None:
                 client.completion("m", MESSAGES)
             assert list(client.usage()["status"]) == ["cancelled"]  # recorded before the interrupt surfaced
             assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
+        finally:
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_ctrl_c_leaves_at_once_and_the_request_still_ends_with_its_record() -> None:
+    from llmkit._loop import _thread_loop
+
+    with FakeOpenAIServer(reply="slow") as server:
+        server.enqueue("slow", latency=30)
+        client = _client(server.url, ledger=None, max_concurrency=1)
+        try:
+            loop = _thread_loop()
+
+            def again() -> None:
+                raise KeyboardInterrupt("second")
+
+            def first() -> None:
+                loop.call_soon(again)  # lands while the cancelled request cleans up
+                raise KeyboardInterrupt("first")
+
+            loop.call_soon(first)
+            with pytest.raises(KeyboardInterrupt):
+                client.completion("m", MESSAGES)
+
+            async def settled() -> None:
+                await _until(lambda: client.in_flight() == 0, "the request ended on its own thread")
+
+            asyncio.run(settled())
+            assert list(client.usage()["status"]) == ["cancelled"]
+            assert client._service.router.slots[0].gate.in_use == 0  # its slot came back
+            assert _thread_loop() is not loop  # this thread has a fresh loop for its next call
         finally:
             client.close()
 

@@ -13,6 +13,7 @@ import codecs
 import contextlib
 import json
 import re
+import threading
 import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from dataclasses import dataclass
@@ -278,6 +279,39 @@ SHARD_CONNECTIONS = 4
 
 
 #: Parsed request URLs and timeouts, shared by every adapter (both immutable; bounded, cleared when full).
+async def _close_with_loop(pools: list[list[Any]], loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
+    """Parked on ``loop`` as an async generator (``_park``), so the loop's ``shutdown_asyncgens`` closes these
+    pools while the loop still runs: at the end of ``asyncio.run``, or as a thread's loop for sync calls goes.
+    ``HTTPProvider.aclose`` closes it sooner. Closed anywhere else (its loop gone), it lets the pools go."""
+    try:
+        yield
+    finally:
+        if asyncio._get_running_loop() is loop:
+            for client, *_ in pools:
+                if not client.is_closed:
+                    with contextlib.suppress(Exception):
+                        await client.aclose()
+
+
+def _park(gen: AsyncGenerator[None, None]) -> None:
+    """Step ``gen`` to its ``yield`` now: the running loop's first-iteration hook starts tracking it."""
+    step = gen.__anext__()
+    with contextlib.suppress(StopIteration):
+        step.send(None)
+
+
+def _finish(gen: AsyncGenerator[None, None] | None) -> None:
+    """Close a parked ``_close_with_loop`` whose loop is not running here (it awaits nothing then)."""
+    if gen is None:
+        return
+    step = gen.aclose()
+    try:
+        step.send(None)
+    except (StopIteration, StopAsyncIteration, RuntimeError):
+        return
+    step.close()  # pragma: no cover - it awaited: not its loop after all
+
+
 _PARSED_URLS: dict[str, httpx.URL] = {}
 _TIMEOUTS: dict[float, httpx.Timeout] = {}
 _PARSED_URLS_MAX = 256
@@ -306,6 +340,8 @@ class HTTPProvider(Provider):
         # Connection pools per event loop (a connection belongs to the loop that opened it; requests may run
         # on several: the caller's and llmkit's own): loop -> [client, requests in flight, size] lists.
         self._loop_pools: dict[asyncio.AbstractEventLoop, list[list[Any]]] = {}
+        self._closers: dict[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = {}  # see _close_with_loop
+        self._pools_lock = threading.Lock()
         self._verify: Any = None
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -354,14 +390,22 @@ class HTTPProvider(Provider):
         return pools
 
     def _new_pools(self, loop: asyncio.AbstractEventLoop) -> list[list[Any]]:
-        """A first pool for ``loop``; pools of loops that have closed are let go."""
+        """A first pool for ``loop`` (closed with the loop, see ``_close_with_loop``); pools of loops that
+        have closed are let go."""
         if self._verify is None:  # a plain-http server (a local model) never needs TLS; https pools share one context
             self._verify = httpx.create_ssl_context() if not self.base_url.startswith("http://") else False
         pools: list[list[Any]] = []
-        kept = {other: p for other, p in self._loop_pools.items() if other is not loop and not other.is_closed()}
-        kept[loop] = pools
-        self._loop_pools = kept  # replaced whole: a reader on another loop's thread never sees it half-built
         self._add_shard(pools)
+        closer = _close_with_loop(pools, loop)
+        _park(closer)
+        with self._pools_lock:  # first calls on two loops at once: neither loses the other's pools
+            gone = [other for other in self._loop_pools if other is loop or other.is_closed()]
+            kept = {other: p for other, p in self._loop_pools.items() if other not in gone}
+            kept[loop] = pools
+            self._loop_pools = kept  # replaced whole: a reader on another loop's thread never sees it half-built
+            for other in gone:
+                _finish(self._closers.pop(other, None))
+            self._closers[loop] = closer
         return pools
 
     def _add_shard(self, pools: list[list[Any]]) -> list[Any] | None:
@@ -405,19 +449,22 @@ class HTTPProvider(Provider):
         """Close every loop's pools: the running loop's here, another loop's on that loop (at once if it is
         running; an idle one, a thread's loop for sync calls, on its next run: ``ClientLoop.settle_here``)."""
         here = asyncio.get_running_loop()
-        by_loop, self._loop_pools = self._loop_pools, {}
-        for loop, pools in by_loop.items():
-            for client, *_ in pools:
-                if client.is_closed:
-                    continue
-                if loop is here:
-                    try:
-                        await client.aclose()
-                    except RuntimeError:  # pragma: no cover - defensive
-                        pass
-                elif not loop.is_closed():
-                    with contextlib.suppress(RuntimeError):  # it closed meanwhile
-                        asyncio.run_coroutine_threadsafe(client.aclose(), loop)
+        with self._pools_lock:
+            by_loop, self._loop_pools = self._loop_pools, {}
+            closers, self._closers = self._closers, {}
+        for loop in by_loop:
+            closer = closers.get(loop)
+            if closer is None:
+                continue
+            if loop is here:
+                await closer.aclose()  # closes that loop's pools
+            elif loop.is_closed():
+                _finish(closer)
+            else:
+                try:
+                    asyncio.run_coroutine_threadsafe(closer.aclose(), loop)
+                except RuntimeError:  # it closed meanwhile
+                    _finish(closer)
 
     def url(self, path: str) -> str:
         url = path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"

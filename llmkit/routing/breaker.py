@@ -138,11 +138,18 @@ class Breaker:
 
     def report(self, exc: BaseException | None, probe: bool = False) -> None:
         """After a call: feed the outcome (None for success) through pybreaker."""
-        if probe:
-            self._probing = False
-        if exc is None and not probe and self._storage.counter == 0 and self._cb.current_state == "closed":
+        if probe:  # the probe's outcome moves the state before another call may probe (calls on other threads)
+            with self._probe_lock:
+                try:
+                    self._feed(exc)
+                finally:
+                    self._probing = False
+            return
+        if exc is None and self._storage.counter == 0 and self._cb.current_state == "closed":
             return  # a success while closed with no failure counted: pybreaker would change nothing (~4 µs saved)
+        self._feed(exc)
 
+    def _feed(self, exc: BaseException | None) -> None:
         def outcome() -> None:
             if exc is not None:
                 raise exc
@@ -157,7 +164,8 @@ class Breaker:
 
     def release_probe(self) -> None:
         """A probe that never reported (cancelled): let the next call probe instead."""
-        self._probing = False
+        with self._probe_lock:
+            self._probing = False
 
     def record_check(self, ok: bool, error: BaseException | None = None) -> None:
         """A health-check result. A pass moves an open breaker to half-open, never to closed: a health

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from .._config import RateLimit
+from .._loop import BLOCKED_LOOP, NO_WAIT
 
 _arrivals = itertools.count()
 
@@ -59,6 +60,8 @@ class PriorityGate:
             if self.in_use < self.capacity and not self._waiters:
                 self.in_use += 1
                 return
+            if NO_WAIT.get():  # its caller blocks the loop of requests that may hold every slot
+                raise RuntimeError(BLOCKED_LOOP)
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry = (priority, next(_arrivals), future)
             heapq.heappush(self._waiters, entry)
