@@ -575,7 +575,9 @@ class Ledger:
                  memory_records: int | None = MEMORY_RECORDS, session_id: str | None = None) -> None:
         if path is not None and os.fspath(path) == "default":
             path = self.default_path()
-        self.path: Path | None = None if path is None or os.fspath(path) == ":memory:" else Path(path)
+        # absolute from here on: the writer's checkpoint connection and history reads open the file again
+        # later, and a relative path would then follow the process's current directory (os.chdir)
+        self.path: Path | None = None if path is None or os.fspath(path) == ":memory:" else Path(path).absolute()
         self.history: History | None = None if self.path is None else History(self.path)
         # only a file-backed ledger forgets: a memory-only one is its own store of record
         self.memory_records = memory_records if self.path is not None else None

@@ -398,3 +398,33 @@ def test_second_version_columns_round_trip_and_migrate_a_first_version_file(
     with Ledger(path) as again:
         assert again.history_records()[1] == new
         assert "m003_session_kind_cache_columns" in applied(sqlite3.connect(path))
+
+
+@pytest.mark.timeout(60)
+async def test_a_relative_ledger_path_keeps_checkpointing_after_the_process_changes_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint connection opens the file again later: it must be the same file, whatever the
+    current directory is by then (it was resolved against the new one, failed and retried silently, and
+    the WAL grew without bound)."""
+    from llmkit.ledger import store
+
+    monkeypatch.setattr(store, "_CHECKPOINT_EVERY", 10)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    ledger = Ledger("l.sqlite3")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    writer = ledger._writer
+    assert writer is not None
+    for n in range(10):  # spaced out: each commits inline; the tenth asks the writer for a checkpoint
+        writer.last_inline = -1.0
+        await ledger.append(rec(n))
+    for _ in range(30_000):
+        if writer._checkpointed:
+            break
+        await asyncio.sleep(0.001)
+    assert writer._checkpointed == 10
+    assert not (tmp_path / "elsewhere" / "l.sqlite3").exists()
+    ledger.close()
+    with Ledger(tmp_path / "here" / "l.sqlite3") as reopened:
+        assert len(reopened.request_ids()) == 10
