@@ -488,8 +488,8 @@ class Service:
         if self.shared is not None:
             await self.shared.aclose()
         with self._count_lock:
-            self.ledger_close_pending = self.in_flight > 0 and any(not t.done() for t in tasks)
-        if not self.ledger_close_pending:
+            pending = self.ledger_close_pending = self.in_flight > 0 and any(not t.done() for t in tasks)
+        if not pending:  # (read under the lock: the last of those requests may close the ledger itself)
             await here.run_in_executor(None, self.ledger.close)
 
     def close_ledger_now(self) -> None:
@@ -511,33 +511,16 @@ def _cancel(task: asyncio.Task[Any], here: asyncio.AbstractEventLoop) -> None:
 
 
 async def _wait_tasks(tasks: list[asyncio.Task[Any]], here: asyncio.AbstractEventLoop, timeout: float) -> None:
-    """Wait up to ``timeout`` for tasks of any loop to end."""
+    """Wait up to ``timeout`` for tasks of any loop to end (another loop's through that loop)."""
     waiters: list[asyncio.Future[Any]] = []
     for task in tasks:
         loop = task.get_loop()
         if loop is here:
             waiters.append(task)
-            continue
-        if loop.is_closed():
-            continue
-        done: asyncio.Future[None] = here.create_future()
-
-        def ended(_: Any, done: asyncio.Future[None] = done) -> None:  # on the task's loop
-            with contextlib.suppress(RuntimeError):  # the waiting loop closed
-                here.call_soon_threadsafe(_set, done)
-
-        try:
-            loop.call_soon_threadsafe(task.add_done_callback, ended)
-        except RuntimeError:
-            continue
-        waiters.append(done)
+        elif not loop.is_closed():
+            waiters.append(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asyncio.wait([task]), loop)))
     if waiters:
         await asyncio.wait(waiters, timeout=timeout)
-
-
-def _set(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:
