@@ -20,7 +20,7 @@ import sys
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
@@ -267,36 +267,26 @@ class ClientLoop:
                 "llmkit's sync API was called from inside one of llmkit's own requests (a callback?); "
                 "use the async API (await client.acompletion(...)) there")
         task = loop.create_task(coro, context=context)
-        if outer is not None:
-            asyncio._set_running_loop(None)  # set aside: blocked until this returns
-        try:
-            return loop.run_until_complete(task)
-        except BaseException:  # Ctrl-C: cancel the request and let it write its record before leaving
-            if not task.done():
-                loop.call_soon(task.cancel)  # after its first step, so a request never dies unstarted
-                try:
-                    loop.run_until_complete(asyncio.wait([task]))
-                except BaseException:  # Ctrl-C again: the request ends (and records) on a thread of its own
-                    _finish_elsewhere(task)
-            raise
-        finally:
-            if outer is not None:
-                asyncio._set_running_loop(outer)
+        with _running_set_aside():
+            try:
+                return loop.run_until_complete(task)
+            except BaseException:  # Ctrl-C: cancel the request and let it write its record before leaving
+                if not task.done():
+                    loop.call_soon(task.cancel)  # after its first step, so a request never dies unstarted
+                    try:
+                        loop.run_until_complete(asyncio.wait([task]))
+                    except BaseException:  # Ctrl-C again: the request ends (and records) on a thread of its own
+                        _finish_elsewhere(task)
+                raise
 
     def settle_here(self) -> None:
         """After closing: run what closing left for this thread's loop for sync calls (closing its
         connection pools) now, rather than at its next use."""
-        held: _HeldLoop | None = getattr(_threads, "held", None)
-        if held is None or held.pid != os.getpid() or held.loop.is_running() or held.loop.is_closed():
+        held = _held()
+        if held is None or held.loop.is_running():
             return
-        outer = asyncio._get_running_loop()
-        if outer is not None:
-            asyncio._set_running_loop(None)
-        try:
+        with _running_set_aside():
             held.loop.run_until_complete(_run_queued())
-        finally:
-            if outer is not None:
-                asyncio._set_running_loop(outer)
 
     def check_can_block(self, waiting: Callable[[], bool] | None = None) -> None:
         """Before a sync call that waits for requests on the private loop: refuse if this thread's running
@@ -346,10 +336,25 @@ async def _own_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T
         raise
 
 
+@contextlib.contextmanager
+def _running_set_aside() -> Iterator[None]:
+    """Let this thread run another loop to completion although one is running in it (a callback, async code
+    calling the sync API): that loop is blocked until we return anyway, and is set back after."""
+    outer = asyncio._get_running_loop()
+    if outer is None:
+        yield
+        return
+    asyncio._set_running_loop(None)
+    try:
+        yield
+    finally:
+        asyncio._set_running_loop(outer)
+
+
 def _finish_elsewhere(task: asyncio.Task[Any]) -> None:
     """A second Ctrl-C while a cancelled sync request cleans up: its loop (this thread's, idle once we leave)
     finishes it on a daemon thread, and this thread gets a new loop for its next sync call."""
-    held: _HeldLoop | None = getattr(_threads, "held", None)
+    held = _held()
     if held is None or held.loop is not task.get_loop():
         return
     _threads.held = None
@@ -391,10 +396,18 @@ class _HeldLoop:
 _threads = threading.local()
 
 
-def _thread_loop() -> asyncio.AbstractEventLoop:
-    """This thread's loop for sync requests (a new one in a forked child)."""
+def _held() -> _HeldLoop | None:
+    """This thread's loop for sync requests, if it has a usable one (not closed, not a forked parent's)."""
     held: _HeldLoop | None = getattr(_threads, "held", None)
     if held is None or held.pid != os.getpid() or held.loop.is_closed():
+        return None
+    return held
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's loop for sync requests (a new one in a forked child)."""
+    held = _held()
+    if held is None:
         held = _threads.held = _HeldLoop()
     return held.loop
 
