@@ -278,7 +278,6 @@ class ErrorContext:
 SHARD_CONNECTIONS = 4
 
 
-#: Parsed request URLs and timeouts, shared by every adapter (both immutable; bounded, cleared when full).
 async def _close_with_loop(pools: list[list[Any]], loop: asyncio.AbstractEventLoop) -> AsyncGenerator[None, None]:
     """Parked on ``loop`` as an async generator (``_park``), so the loop's ``shutdown_asyncgens`` closes these
     pools while the loop still runs: at the end of ``asyncio.run``, or as a thread's loop for sync calls goes.
@@ -312,6 +311,7 @@ def _finish(gen: AsyncGenerator[None, None] | None) -> None:
     step.close()  # pragma: no cover - it awaited: not its loop after all
 
 
+#: Parsed request URLs and timeouts, shared by every adapter (both immutable; bounded, cleared when full).
 _PARSED_URLS: dict[str, httpx.URL] = {}
 _TIMEOUTS: dict[float, httpx.Timeout] = {}
 _PARSED_URLS_MAX = 256
@@ -449,13 +449,10 @@ class HTTPProvider(Provider):
         """Close every loop's pools: the running loop's here, another loop's on that loop (at once if it is
         running; an idle one, a thread's loop for sync calls, on its next run: ``ClientLoop.settle_here``)."""
         here = asyncio.get_running_loop()
-        with self._pools_lock:
-            by_loop, self._loop_pools = self._loop_pools, {}
+        with self._pools_lock:  # (every loop's pools have their closer: closing it closes them)
+            self._loop_pools = {}
             closers, self._closers = self._closers, {}
-        for loop in by_loop:
-            closer = closers.get(loop)
-            if closer is None:
-                continue
+        for loop, closer in closers.items():
             if loop is here:
                 await closer.aclose()  # closes that loop's pools
             elif loop.is_closed():
