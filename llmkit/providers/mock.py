@@ -205,9 +205,8 @@ class MockProvider(Provider):
         raw: dict[str, Any] = {"mock": True, "content": reply}
         if calls:
             raw["tool_calls"] = [c.to_openai() for c in calls]
-        return Response(id=request.id, content=reply, provider=self.config.name, model=request.model,
-                        finish_reason="tool_calls" if calls else "stop", usage=self._usage(request, reply, calls),
-                        raw=raw, requested_model=request.model, tool_calls=calls)  # (what self.response builds)
+        return self.response(request, content=reply, finish_reason="tool_calls" if calls else "stop",
+                             usage=self._usage(request, reply, calls), raw=raw, tool_calls=calls)
 
     async def stream(self, request: Request) -> AsyncIterator[StreamChunk]:
         self.calls += 1
