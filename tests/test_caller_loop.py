@@ -5,6 +5,7 @@ both, cancellation and ``close()`` that lose nothing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +25,21 @@ def _client(url: str, max_concurrency: int = 32, **options: object) -> llmkit.Cl
     provider = {"name": "fake", "adapter": "openai", "api_key": "sk-test-callerloop", "base_url": url,
                 "models": ["*"], "max_concurrency": max_concurrency}
     return llmkit.Client([provider], health_interval=None, **options)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _served(reply: str, *, slow: bool = False, ledger: str | None = None,
+            **options: object) -> Iterator[tuple[FakeOpenAIServer, llmkit.Client]]:
+    """A fake OpenAI server answering ``reply`` (the first answer after 30 s when ``slow``) and a client of it,
+    closed after."""
+    with FakeOpenAIServer(reply=reply) as server:
+        if slow:
+            server.enqueue(reply, latency=30)
+        client = _client(server.url, ledger=ledger, **options)
+        try:
+            yield server, client
+        finally:
+            client.close()
 
 
 async def _until(condition: object, what: str) -> None:
@@ -48,21 +64,17 @@ def other_loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 @pytest.mark.timeout(60)
 def test_an_async_call_runs_on_the_callers_loop_and_sync_calls_still_work_after_it_closed() -> None:
-    with FakeOpenAIServer(reply="hello") as server:
-        client = _client(server.url, ledger=None)
-        try:
-            async def call() -> tuple[str, bool, str]:
-                response = await client.acompletion("m", MESSAGES)
-                pools = client.provider("fake")._loop_pools  # type: ignore[attr-defined]
-                return response.content, asyncio.get_running_loop() in pools, threading.current_thread().name
+    with _served("hello") as (_server, client):
+        async def call() -> tuple[str, bool, str]:
+            response = await client.acompletion("m", MESSAGES)
+            pools = client.provider("fake")._loop_pools  # type: ignore[attr-defined]
+            return response.content, asyncio.get_running_loop() in pools, threading.current_thread().name
 
-            content, on_my_loop, _ = asyncio.run(call())
-            assert content == "hello" and on_my_loop
-            assert client.completion("m", MESSAGES).content == "hello"  # on llmkit's loop, the first loop closed
-            assert asyncio.run(call())[:2] == ("hello", True)  # a second asyncio.run: its own pools again
-            assert len(client.usage()) == 3
-        finally:
-            client.close()
+        content, on_my_loop, _ = asyncio.run(call())
+        assert content == "hello" and on_my_loop
+        assert client.completion("m", MESSAGES).content == "hello"  # on llmkit's loop, the first loop closed
+        assert asyncio.run(call())[:2] == ("hello", True)  # a second asyncio.run: its own pools again
+        assert len(client.usage()) == 3
 
 
 @pytest.mark.timeout(60)
@@ -70,24 +82,19 @@ def test_an_async_call_runs_on_the_callers_loop_and_sync_calls_still_work_after_
 def test_a_cancelled_async_caller_sees_its_record_written_before_the_cancellation(at_once: bool) -> None:
     """Cancelled while the server works on it, or before the request's task took a step: one record,
     written before the caller's CancelledError."""
-    with FakeOpenAIServer(reply="slow") as server:
-        server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=None)
-        try:
-            async def run() -> list[str]:
-                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
-                if at_once:
-                    await asyncio.sleep(0)  # acompletion has made the request's task; it has not taken a step
-                else:
-                    await _until(lambda: server.requests, "the server got the request")
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                return list(client.usage()["status"])  # no waiting: the record came first
+    with _served("slow", slow=True) as (server, client):
+        async def run() -> list[str]:
+            task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+            if at_once:
+                await asyncio.sleep(0)  # acompletion has made the request's task; it has not taken a step
+            else:
+                await _until(lambda: server.requests, "the server got the request")
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return list(client.usage()["status"])  # no waiting: the record came first
 
-            assert asyncio.run(run()) == ["cancelled"]
-        finally:
-            client.close()
+        assert asyncio.run(run()) == ["cancelled"]
 
 
 @pytest.mark.timeout(60)
@@ -95,9 +102,7 @@ def test_close_from_a_loop_with_requests_running_on_it_returns_and_loses_no_reco
     """A notebook cell calling ``close()`` while the kernel loop's own requests run: the close cannot wait
     for them (it blocks that loop), so they end after it, with their records, and then the ledger closes."""
     ledger = tmp_path / "ledger.sqlite3"
-    with FakeOpenAIServer(reply="slow") as server:
-        server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=str(ledger))
+    with _served("slow", slow=True, ledger=str(ledger)) as (server, client):
 
         async def cell() -> tuple[bool, BaseException | None, bool]:
             task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
@@ -162,96 +167,83 @@ async def _release(gate: PriorityGate) -> None:
 def test_sync_and_async_callers_at_once_share_one_client() -> None:
     """Threads calling ``completion`` while an event loop gathers ``acompletion``: every call answered,
     one record each, the concurrency gate back to zero."""
-    with FakeOpenAIServer(reply="ok") as server:
-        client = _client(server.url, ledger=None, max_concurrency=3)
-        try:
-            results: list[str] = []
+    with _served("ok", max_concurrency=3) as (_server, client):
+        results: list[str] = []
 
-            def worker() -> None:
-                for _ in range(10):
-                    results.append(client.completion("m", MESSAGES).content)
+        def worker() -> None:
+            for _ in range(10):
+                results.append(client.completion("m", MESSAGES).content)
 
-            threads = [threading.Thread(target=worker) for _ in range(3)]
-            for t in threads:
-                t.start()
+        threads = [threading.Thread(target=worker) for _ in range(3)]
+        for t in threads:
+            t.start()
 
-            async def gather() -> list[str]:
-                answers = await asyncio.gather(*(client.acompletion("m", MESSAGES) for _ in range(30)))
-                return [a.content for a in answers]
+        async def gather() -> list[str]:
+            answers = await asyncio.gather(*(client.acompletion("m", MESSAGES) for _ in range(30)))
+            return [a.content for a in answers]
 
-            assert asyncio.run(gather()) == ["ok"] * 30
-            for t in threads:
-                t.join(30)
-            assert results == ["ok"] * 30
-            assert len(client.usage()) == 60 and client.in_flight() == 0
-            slot = client._service.router.slots[0]
-            assert slot.gate.in_use == 0 and slot.gate.waiting == 0
-        finally:
-            client.close()
+        assert asyncio.run(gather()) == ["ok"] * 30
+        for t in threads:
+            t.join(30)
+        assert results == ["ok"] * 30
+        assert len(client.usage()) == 60 and client.in_flight() == 0
+        slot = client._service.router.slots[0]
+        assert slot.gate.in_use == 0 and slot.gate.waiting == 0
 
 
 @pytest.mark.timeout(60)
 def test_a_sync_call_runs_on_the_callers_thread_in_a_script_a_worker_thread_and_a_running_loop() -> None:
     from llmkit._loop import _thread_loop
 
-    with FakeOpenAIServer(reply="hello") as server:
-        client = _client(server.url, ledger=None)
+    with _served("hello") as (_server, client):
         def pools() -> dict[object, object]:
             return client.provider("fake")._loop_pools  # type: ignore[attr-defined,no-any-return]
 
-        try:
-            assert client.completion("m", MESSAGES).content == "hello"
-            assert _thread_loop() in pools()  # this thread's loop sent it: no hop to llmkit's thread
+        assert client.completion("m", MESSAGES).content == "hello"
+        assert _thread_loop() in pools()  # this thread's loop sent it: no hop to llmkit's thread
 
-            seen: list[bool] = []
-            worker = threading.Thread(target=lambda: seen.append(
-                client.completion("m", MESSAGES).content == "hello" and _thread_loop() in pools()))
-            worker.start()
-            worker.join(30)
-            assert seen == [True]
+        seen: list[bool] = []
+        worker = threading.Thread(target=lambda: seen.append(
+            client.completion("m", MESSAGES).content == "hello" and _thread_loop() in pools()))
+        worker.start()
+        worker.join(30)
+        assert seen == [True]
 
-            async def inside() -> tuple[str, bool]:
-                outer = asyncio.get_running_loop()
-                content = client.completion("m", MESSAGES).content  # blocks this loop, which is set aside
-                return content, asyncio.get_running_loop() is outer
+        async def inside() -> tuple[str, bool]:
+            outer = asyncio.get_running_loop()
+            content = client.completion("m", MESSAGES).content  # blocks this loop, which is set aside
+            return content, asyncio.get_running_loop() is outer
 
-            assert asyncio.run(inside()) == ("hello", True)
-            assert len(client.usage()) == 3
-        finally:
-            client.close()
+        assert asyncio.run(inside()) == ("hello", True)
+        assert len(client.usage()) == 3
 
 
 @pytest.mark.timeout(60)
 def test_a_sync_call_from_a_loop_running_this_clients_requests_runs_unless_it_would_wait_for_them() -> None:
     """Those requests cannot run while the sync call blocks their loop: a slot is free, so it runs; every
     slot is theirs, so it raises instead of waiting forever."""
-    with FakeOpenAIServer(reply="slow") as server:
-        server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=None, max_concurrency=2)
-        try:
-            async def run() -> str:
-                task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds one of two slots
-                await _until(lambda: server.requests, "the server got the request")
-                answer = client.completion("m", MESSAGES).content  # the other slot
-                busy = asyncio.ensure_future(client.acompletion("m", MESSAGES))
-                server.enqueue("slow", latency=30)
-                await _until(lambda: len(server.requests) == 3, "both slots taken")
-                with pytest.raises(RuntimeError, match="await them first"):
-                    client.completion("m", MESSAGES)
-                rid = client.completion_async("m", MESSAGES)
-                await _until(lambda: client.queue_depth() == 1, "the queued request waits for a slot")
-                with pytest.raises(RuntimeError, match="await them first"):
-                    client.get_result(rid)
-                task.cancel()
-                busy.cancel()
-                await asyncio.gather(task, busy, return_exceptions=True)
-                await client.aget_result(rid)  # a slot is free again
-                return answer
+    with _served("slow", slow=True, max_concurrency=2) as (server, client):
+        async def run() -> str:
+            task = asyncio.ensure_future(client.acompletion("m", MESSAGES))  # holds one of two slots
+            await _until(lambda: server.requests, "the server got the request")
+            answer = client.completion("m", MESSAGES).content  # the other slot
+            busy = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+            server.enqueue("slow", latency=30)
+            await _until(lambda: len(server.requests) == 3, "both slots taken")
+            with pytest.raises(RuntimeError, match="await them first"):
+                client.completion("m", MESSAGES)
+            rid = client.completion_async("m", MESSAGES)
+            await _until(lambda: client.queue_depth() == 1, "the queued request waits for a slot")
+            with pytest.raises(RuntimeError, match="await them first"):
+                client.get_result(rid)
+            task.cancel()
+            busy.cancel()
+            await asyncio.gather(task, busy, return_exceptions=True)
+            await client.aget_result(rid)  # a slot is free again
+            return answer
 
-            assert asyncio.run(run()) == "slow"
-            assert sorted(client.usage()["status"]) == ["cancelled", "cancelled", "error", "ok", "ok"]
-        finally:
-            client.close()
+        assert asyncio.run(run()) == "slow"
+        assert sorted(client.usage()["status"]) == ["cancelled", "cancelled", "error", "ok", "ok"]
 
 
 @pytest.mark.timeout(60)
@@ -277,69 +269,55 @@ def test_a_sync_call_from_inside_a_sync_request_is_refused() -> None:
 
 @pytest.mark.timeout(60)
 def test_asyncio_run_closes_the_connections_its_loop_opened() -> None:
-    with FakeOpenAIServer(reply="hello") as server:
-        client = _client(server.url, ledger=None)
-        try:
-            async def call() -> list[object]:
-                await client.acompletion("m", MESSAGES)
-                return [c for c, *_ in client.provider("fake")._shards()]  # type: ignore[attr-defined]
+    with _served("hello") as (_server, client):
+        async def call() -> list[object]:
+            await client.acompletion("m", MESSAGES)
+            return [c for c, *_ in client.provider("fake")._shards()]  # type: ignore[attr-defined]
 
-            opened = asyncio.run(call())
-            assert opened and all(c.is_closed for c in opened)  # type: ignore[attr-defined]
-        finally:
-            client.close()
+        opened = asyncio.run(call())
+        assert opened and all(c.is_closed for c in opened)  # type: ignore[attr-defined]
 
 
 @pytest.mark.timeout(60)
 def test_ctrl_c_in_a_sync_call_cancels_the_request_and_records_it() -> None:
     from llmkit._loop import _thread_loop
 
-    with FakeOpenAIServer(reply="slow") as server:
-        server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=None)
-        try:
-            def interrupt() -> None:
-                raise KeyboardInterrupt
+    with _served("slow", slow=True) as (_server, client):
+        def interrupt() -> None:
+            raise KeyboardInterrupt
 
-            _thread_loop().call_soon(interrupt)  # Ctrl-C as the request starts
-            with pytest.raises(KeyboardInterrupt):
-                client.completion("m", MESSAGES)
-            assert list(client.usage()["status"]) == ["cancelled"]  # recorded before the interrupt surfaced
-            assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
-        finally:
-            client.close()
+        _thread_loop().call_soon(interrupt)  # Ctrl-C as the request starts
+        with pytest.raises(KeyboardInterrupt):
+            client.completion("m", MESSAGES)
+        assert list(client.usage()["status"]) == ["cancelled"]  # recorded before the interrupt surfaced
+        assert client.completion("m", MESSAGES).content == "slow"  # the thread's loop still works
 
 
 @pytest.mark.timeout(60)
 def test_a_second_ctrl_c_leaves_at_once_and_the_request_still_ends_with_its_record() -> None:
     from llmkit._loop import _thread_loop
 
-    with FakeOpenAIServer(reply="slow") as server:
-        server.enqueue("slow", latency=30)
-        client = _client(server.url, ledger=None, max_concurrency=1)
-        try:
-            loop = _thread_loop()
+    with _served("slow", slow=True, max_concurrency=1) as (_server, client):
+        loop = _thread_loop()
 
-            def again() -> None:
-                raise KeyboardInterrupt("second")
+        def again() -> None:
+            raise KeyboardInterrupt("second")
 
-            def first() -> None:
-                loop.call_soon(again)  # lands while the cancelled request cleans up
-                raise KeyboardInterrupt("first")
+        def first() -> None:
+            loop.call_soon(again)  # lands while the cancelled request cleans up
+            raise KeyboardInterrupt("first")
 
-            loop.call_soon(first)
-            with pytest.raises(KeyboardInterrupt):
-                client.completion("m", MESSAGES)
+        loop.call_soon(first)
+        with pytest.raises(KeyboardInterrupt):
+            client.completion("m", MESSAGES)
 
-            async def settled() -> None:
-                await _until(lambda: client.in_flight() == 0, "the request ended on its own thread")
+        async def settled() -> None:
+            await _until(lambda: client.in_flight() == 0, "the request ended on its own thread")
 
-            asyncio.run(settled())
-            assert list(client.usage()["status"]) == ["cancelled"]
-            assert client._service.router.slots[0].gate.in_use == 0  # its slot came back
-            assert _thread_loop() is not loop  # this thread has a fresh loop for its next call
-        finally:
-            client.close()
+        asyncio.run(settled())
+        assert list(client.usage()["status"]) == ["cancelled"]
+        assert client._service.router.slots[0].gate.in_use == 0  # its slot came back
+        assert _thread_loop() is not loop  # this thread has a fresh loop for its next call
 
 
 @pytest.mark.timeout(60)
@@ -347,8 +325,7 @@ def test_close_closes_the_connections_of_sync_calls_on_this_thread_and_on_others
     """This thread's at once; a live worker thread's when its thread ends (or at its next sync call)."""
     from llmkit._loop import _thread_loop
 
-    with FakeOpenAIServer(reply="hello") as server:
-        client = _client(server.url, ledger=None)
+    with _served("hello") as (_server, client):
         client.completion("m", MESSAGES)
         done, finish = threading.Event(), threading.Event()
 
