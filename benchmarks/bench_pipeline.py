@@ -130,11 +130,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     goals = [goal(f"pipeline req/s: {name.strip()}", f"≥ {GOAL_RPS:,}/s", f"{statistics.median(results[name]):,.0f}/s",
                   statistics.median(results[name]) >= GOAL_RPS)
              for name in (headline, f"completion_async + get_result, batches of {batch}")]
-    first, last = unfetched[0], unfetched[-1]
+    # One tenth moves by ±15% from run to run on this VM (garbage collections land where they land), so the
+    # ends are compared as medians of three tenths, as the long run does.
+    first, last = statistics.median(unfetched[:3]), statistics.median(unfetched[-3:])
     print(f"\ncompletion_async with up to {args.unfetched:,} unfetched results, req/s per tenth: "
           + " ".join(f"{r:,.0f}" for r in unfetched))
-    goals.append(goal(f"completion_async, {args.unfetched:,} unfetched: last tenth vs first", "≥ 90%",
-                      f"{last / first:.0%}", last >= 0.9 * first))
+    goals.append(goal(f"completion_async, {args.unfetched:,} unfetched: last 3 tenths vs first 3 (medians)",
+                      "≥ 90%", f"{last / first:.0%}", last >= 0.9 * first))
     print(f"\n{args.long_n:,} requests through one client (acompletion batches of {batch}, ledger file), "
           "per tenth:")
     print("  req/s: " + " ".join(f"{r:,.0f}" for r in long_rates))

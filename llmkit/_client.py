@@ -7,7 +7,6 @@ works in scripts, Jupyter cells and threads, and the async API works from any lo
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import os
 import threading
 import weakref
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ._config import ClientConfig, ProviderConfig, default_providers, load_config, parse_client_config
+from ._handle import Handle
 from ._loop import ClientLoop, LoopFactory, LoopThread, fork_generation, shared_loop
 from ._streams import AsyncStream, Stream, _Feed
 from ._types import EmbeddingResponse, Request, Response
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from .providers.base import Provider
 
 
+#: ``completion_async`` keeps results packed once this many wait to be fetched (see ``llmkit._handle``).
+PACK_FROM = 1_000
+
+
 class _Results:
     """Results of ``completion_async`` requests, kept until fetched: nothing is ever dropped.
 
@@ -40,7 +44,7 @@ class _Results:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._futures: dict[str, concurrent.futures.Future[Response]] = {}
+        self._futures: dict[str, Handle[Response] | bytes] = {}  # bytes: a finished response, packed
         self._reserved = 0  # slots taken by submissions between reserve() and add()/release()
         self._lock = threading.Lock()
 
@@ -58,11 +62,18 @@ class _Results:
                     f"{self.limit}); fetch some with get_result() first, or raise max_results")
             self._reserved += 1
 
-    def add(self, request_id: str, future: concurrent.futures.Future[Response]) -> None:
+    def add(self, request_id: str, future: Handle[Response]) -> None:
         """Fill a slot taken by ``reserve``."""
         with self._lock:
             self._reserved -= 1
             self._futures[request_id] = future
+        future.keep_in(self, request_id)
+
+    def settled(self, request_id: str, handle: Handle[Any]) -> None:
+        """A held request finished packed: keep its bytes alone (no object for the collector to walk)."""
+        with self._lock:
+            if self._futures.get(request_id) is handle:
+                self._futures[request_id] = handle.packed_value()
 
     def release(self) -> None:
         """Give back a slot taken by ``reserve`` whose submission failed."""
@@ -72,12 +83,13 @@ class _Results:
     def __len__(self) -> int:
         return len(self._futures)
 
-    def get(self, request_id: str) -> concurrent.futures.Future[Response]:
+    def get(self, request_id: str) -> Handle[Response]:
         with self._lock:
             try:
-                return self._futures[request_id]
+                held = self._futures[request_id]
             except KeyError:
                 raise KeyError(f"unknown request id {request_id!r} (never submitted, or already fetched)") from None
+        return Handle.from_packed(held) if type(held) is bytes else held  # type: ignore[return-value]
 
     def forget(self, request_id: str) -> None:
         with self._lock:
@@ -201,7 +213,10 @@ class Client:
         self._results.reserve()
         try:
             self._service.note_submitted()
-            future = self._loop.submit(self._service.execute(request, submitted=True))
+            # Once many results wait, each is kept packed (one bytes value the garbage collector skips):
+            # full collections then cost the same at 100,000 results held as at none.
+            pack = len(self._results) >= PACK_FROM
+            future = self._loop.hold(self._service.execute(request, submitted=True), pack)
         except BaseException:
             self._results.release()
             raise
@@ -217,7 +232,7 @@ class Client:
         if not future.done():
             self._loop.check_can_block(self._service.saturated)
         try:
-            future.result(timeout)
+            future.join(timeout)
         except BaseException as exc:
             if not future.done():  # our wait timed out (or was interrupted); the request keeps running
                 if isinstance(exc, TimeoutError):
@@ -226,16 +241,16 @@ class Client:
                 raise
         return self._fetch(request_id, future)
 
-    def _fetch(self, request_id: str, future: concurrent.futures.Future[Response]) -> Response:
+    def _fetch(self, request_id: str, future: Handle[Response]) -> Response:
         """Hand over a finished request's outcome (its response, or its own error) and forget it."""
         self._results.forget(request_id)
-        return future.result(0)
+        return future.outcome()
 
     async def aget_result(self, request_id: str, timeout: float | None = None) -> Response:
         """``get_result`` for async code."""
         future = self._results.get(request_id)
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), timeout)
+            await asyncio.wait_for(future.wait(), timeout)
         except BaseException as exc:
             if not future.done():
                 if isinstance(exc, TimeoutError):

@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar, cast
 
+from ._handle import Handle
+
 T = TypeVar("T")
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
@@ -85,6 +87,15 @@ class LoopThread:
         future.add_done_callback(lambda f: self._caller_done(job, f))
         self._post(job)
         return future
+
+    def hold(self, coro: Coroutine[Any, Any, T], pack: bool = False) -> Handle[T]:
+        """Schedule ``coro`` on the private loop; a ``Handle`` to its outcome, light enough to keep many
+        thousands of (``completion_async`` holds results until they are fetched; ``pack``: see Handle)."""
+        handle: Handle[T] = Handle(pack)
+        job = _Job(coro, None, handle)
+        handle._cancel = functools.partial(self._abandon, job)
+        self._post(job)
+        return handle
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the private loop and block this thread for its result.
@@ -199,7 +210,7 @@ class ClientLoop:
       thread (``call``); in a thread whose loop is running (a callback, async code calling the sync API)
       that loop is set aside while the request runs, as it is blocked anyway.
     - Everything else (background checks, ``completion_async``, streams, batches, closing) runs on the
-      private loop thread (``run``, ``submit``).
+      private loop thread (``run``, ``submit``, ``hold``).
 
     What requests share (breakers, limits, concurrency gates, the ledger, the cache) is thread-safe and
     connection pools are per loop, so all of these run at once. ``direct`` off (a test loop factory with
@@ -229,6 +240,9 @@ class ClientLoop:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return self.thread.submit(coro)
+
+    def hold(self, coro: Coroutine[Any, Any, T], pack: bool = False) -> Handle[T]:
+        return self.thread.hold(coro, pack)
 
     def stop(self) -> None:
         self.thread.stop()
@@ -415,12 +429,12 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
 class _Job:
     """One call crossing to the private loop and back: from a caller's loop (``arun``: ``caller`` is that
     loop, ``waiter`` an asyncio future) or from a thread (``submit``: no caller loop, a thread-safe future;
-    ``run``: no caller loop, a ``_Blocking`` lock)."""
+    ``hold``: a ``Handle``; ``run``: no caller loop, a ``_Blocking`` lock)."""
 
     __slots__ = ("caller", "cancelled", "coro", "task", "waiter")
 
     def __init__(self, coro: Coroutine[Any, Any, Any], caller: asyncio.AbstractEventLoop | None,
-                 waiter: asyncio.Future[Any] | concurrent.futures.Future[Any] | _Blocking) -> None:
+                 waiter: asyncio.Future[Any] | concurrent.futures.Future[Any] | _Blocking | Handle[Any]) -> None:
         self.coro: Coroutine[Any, Any, Any] | None = coro
         self.caller = caller
         self.waiter = waiter
@@ -485,10 +499,11 @@ def _reply(job: _Job, task: asyncio.Task[Any]) -> None:
             waiter.task = task
             waiter.lock.release()
             return
+        if type(waiter) is Handle:  # ``hold``: kept until fetched, and lets go of the job when it ends
+            waiter.finish(task)
+            return
         _settle(cast("concurrent.futures.Future[Any]", waiter), task)  # a thread-safe future: set it from here
-        # The future may be held long after (completion_async keeps results until fetched), and its done-
-        # callback keeps the job: let go of the finished task and coroutine, and with them the task's
-        # context (about 20 GC-tracked objects a held result that every full collection walks).
+        # The future's done-callback keeps the job: let go of the finished task and coroutine.
         job.task = job.coro = None
         return
     if caller.is_closed():

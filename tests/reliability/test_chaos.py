@@ -166,7 +166,7 @@ def run() -> Iterator[Run]:
                 if s.via == "queued":
                     s.request_id = client.completion_async(s.model, msgs, **kwargs(s))
                     if s.model == FAKE_MODEL:
-                        busy.append(asyncio.wrap_future(client._results.get(s.request_id)))
+                        busy.append(asyncio.ensure_future(client._results.get(s.request_id).wait()))
                 else:
                     task = asyncio.ensure_future(client.acompletion(s.model, msgs, **kwargs(s)))
                     tasks.append((s, task))

@@ -55,12 +55,12 @@ def test_concurrent_submitters_never_pass_max_results() -> None:
 def test_a_failed_submission_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
     with llmkit.Client([{"name": "m", "adapter": "mock", "models": ["*"]}], ledger=None, health_interval=None,
                        max_results=1, loop_factory=VirtualTimeLoop) as c:
-        def broken(coro: Any) -> Any:
+        def broken(coro: Any, pack: bool = False) -> Any:
             coro.close()
             raise RuntimeError("loop gone")
 
         with monkeypatch.context() as m:
-            m.setattr(c._loop, "submit", broken)
+            m.setattr(c._loop, "hold", broken)
             with pytest.raises(RuntimeError, match="loop gone"):
                 c.completion_async(model="x", messages=MSG)
         rid = c.completion_async(model="x", messages=MSG)  # the one slot is free again
