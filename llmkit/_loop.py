@@ -256,7 +256,7 @@ class ClientLoop:
                 active = self._active
                 active[running] = active.get(running, 0) + 1  # (each loop's count: only its own thread)
                 try:
-                    return await _own_task(running, coro)
+                    return await coro  # in the caller's task: the request's flight lets close() end it alone
                 finally:
                     left = active[running] - 1
                     if left:
@@ -332,22 +332,6 @@ def _in_ipython() -> bool:
         return ipython.get_ipython() is not None
     except Exception:  # pragma: no cover - a broken IPython install: be careful
         return True
-
-
-async def _own_task(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` as a task of its own on ``loop`` (the caller's) and wait for it. A cancelled caller
-    cancels it after its first step (so a request never dies unstarted, without a record) and waits for
-    its end, record written, before the cancellation goes on."""
-    task = loop.create_task(coro)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        if not task.done():
-            loop.call_soon(task.cancel)
-            await asyncio.wait([task])  # (cancelled again meanwhile: the request still ends on its own)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller went away
-        raise
 
 
 @contextlib.contextmanager

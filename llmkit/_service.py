@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import threading
 import time
@@ -43,16 +44,27 @@ class Flight:
     """One request's time on the loop, around its routing and its record: counted in ``in_flight`` and
     ended by ``close()`` from ``service.flight()`` on; its budget reservation (``await
     flight.reserve(request)``) is released by ``end()``, which the caller runs after writing the record
-    (a ``finally``), so a budget never misses a cost in between."""
+    (a ``finally``), so a budget never misses a cost in between.
 
-    __slots__ = ("service", "task", "token")
+    The request runs in its caller's task (``acompletion`` adds none), so ``close()`` cancels that task only
+    while the flight lasts (``cancel``), waits for the flight and not the task (``on_end``), and gives the
+    task its cancellation back (``closed_error``): the caller sees a ``ClientClosedError``, and its task is
+    not left cancelling."""
 
-    def __init__(self, service: Service) -> None:
+    __slots__ = ("closed", "counted", "ended", "on_end", "service", "task", "token")
+
+    def __init__(self, service: Service, counted: bool = True) -> None:
         self.service = service
         self.token: Any = None
-        with service._count_lock:  # requests may run on several loops (threads) at once
-            service.in_flight += 1
-        self.task = service._track()
+        self.counted = counted
+        self.ended = False
+        self.closed = False  # close() cancelled its task
+        self.on_end: Callable[[], None] | None = None  # a close waiting for it
+        if counted:
+            with service._count_lock:  # requests may run on several loops (threads) at once
+                service.in_flight += 1
+        self.task = asyncio.current_task()
+        service._flights.add(self)
 
     async def reserve(self, request: Request) -> Any:
         """Reserve ``request``'s budget (held across processes with a shared budget); a closing client
@@ -64,14 +76,37 @@ class Flight:
         await service._hold(self.token)
         return self.token
 
+    def cancel(self) -> None:
+        """On the task's loop: cancel the request if it is still running (``close()``)."""
+        if not self.ended and self.task is not None and not self.task.done():
+            self.closed = True
+            self.task.cancel()
+
+    def closed_error(self, request: Request, exc: BaseException) -> ClientClosedError | None:
+        """A request cut short by ``close()`` ends with a ``ClientClosedError`` (recorded as such), and its
+        task's cancellation is taken back, unless its caller cancelled it too (then it stays cancelled)."""
+        if not (self.service.closing and isinstance(exc, asyncio.CancelledError)):
+            return None
+        if self.closed and self.task is not None:
+            self.closed = False
+            if self.task.uncancel() > 0:  # cancelled by someone else as well: that cancellation goes on
+                return None
+        return ClientClosedError(f"request {request.id} did not finish: the client was closed")
+
     def end(self) -> None:
         service = self.service
-        service._tasks.discard(self.task)
+        service._flights.discard(self)
         with service._count_lock:
-            service.in_flight -= 1
-            last = service.in_flight == 0 and service.ledger_close_pending
-            if last:
-                service.ledger_close_pending = False
+            self.ended = True
+            on_end, self.on_end = self.on_end, None
+            last = False
+            if self.counted:
+                service.in_flight -= 1
+                last = service.in_flight == 0 and service.ledger_close_pending
+                if last:
+                    service.ledger_close_pending = False
+        if on_end is not None:
+            on_end()
         if last:
             service.close_ledger_now()
         if self.token is not None and service.budget is not None:
@@ -105,7 +140,7 @@ class Service:
         self.in_flight = 0  # requests started on the loop and not yet finished
         self._submitted = 0  # requests handed over by completion_async that have not started yet
         self._count_lock = threading.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()  # requests running on the loop, ended by aclose()
+        self._flights: set[Flight] = set()  # requests running (on any loop), ended by aclose()
         self.closing = False
         self.ledger_close_pending = False  # closed by the last request a close could not wait for (``aclose``)
         self.cache = ResponseCache(config, self.events, cache_clock or wallclock)
@@ -145,7 +180,7 @@ class Service:
             response = await self._deadline(request, t0, attempts, work)
             self.cache.store(request, response)  # validated answers only
         except BaseException as exc:
-            closed = self._closed_error(request, exc)
+            closed = flight.closed_error(request, exc)
             await self._record(request, None, closed or exc, attempts, started, t0, paid=paid)
             if closed is not None:
                 raise closed from None
@@ -203,7 +238,7 @@ class Service:
             if complete:
                 self.cache.store(request, response)
         except BaseException as exc:
-            closed = self._closed_error(request, exc)
+            closed = flight.closed_error(request, exc)
             if closed is None and isinstance(exc, asyncio.CancelledError) and slot is not None:
                 # abandoned by its reader: one record, ok if the answer was complete, else cancelled with
                 # the tokens so far (estimated: servers report usage at the end)
@@ -256,19 +291,19 @@ class Service:
     async def _serve_hit(self, request: Request, response: Response, saved: float, started: float, t0: float,
                          emit: Callable[[StreamChunk], Awaitable[None]] | None = None) -> Response:
         """Hand over a cached answer (replayed as chunks to a stream) and record it: cost 0, ``cost_saved_usd``."""
-        task = self._track()
+        flight = Flight(self, counted=False)  # (ended by close() like any request, not counted in flight)
         try:
             if emit is not None:
                 for piece in replay_chunks(response.content):
                     await emit(StreamChunk(text=piece))
         except BaseException as exc:  # the reader went away, or the client closed
-            closed = self._closed_error(request, exc)
+            closed = flight.closed_error(request, exc)
             await self._record(request, None, closed or exc, [], started, t0, stream=True)
             if closed is not None:
                 raise closed from None
             raise
         finally:
-            self._tasks.discard(task)
+            flight.end()
         response.latency_s = self.clock() - t0
         structured.apply(request, response)  # ``parsed`` for a response_model / schema (stored answers validated)
         await self._record(request, response, None, [], started, t0, stream=emit is not None, saved=saved)
@@ -287,17 +322,6 @@ class Service:
         """Start a request's time on the loop (see ``Flight``); the caller ends it in a ``finally``."""
         return Flight(self)
 
-    def _track(self) -> asyncio.Task[Any] | None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        return task
-
-    def _closed_error(self, request: Request, exc: BaseException) -> ClientClosedError | None:
-        """A request cut short by ``aclose()`` ends with a ``ClientClosedError`` (recorded as such)."""
-        if self.closing and isinstance(exc, asyncio.CancelledError):
-            return ClientClosedError(f"request {request.id} did not finish: the client was closed")
-        return None
 
     def _timeout(self, request: Request) -> float | None:
         """The request's overall timeout: its own, else the client's (None: no deadline)."""
@@ -471,13 +495,13 @@ class Service:
         self.closing = True
         await asyncio.sleep(0)  # requests handed over just before close start (and are tracked) first
         here = asyncio.get_running_loop()
-        tasks = [t for t in list(self._tasks) if not t.done()]
-        for task in tasks:
-            _cancel(task, here)
+        flights = [f for f in list(self._flights) if f.task is not None and not f.ended]
+        for flight in flights:
+            _cancel(flight, here)
         # (a loop that is not running, like one left by run_until_complete, cannot end its requests either)
-        waitable = [t for t in tasks if t.get_loop() is not parked and t.get_loop().is_running()]
+        waitable = [f for f in flights if f.task.get_loop() is not parked and f.task.get_loop().is_running()]  # type: ignore[union-attr]
         if waitable:
-            await _wait_tasks(waitable, here, timeout=10)
+            await self._wait_flights(waitable, here, timeout=10)
         await self.health.stop()
         for provider in self.providers.values():
             try:
@@ -488,9 +512,22 @@ class Service:
         if self.shared is not None:
             await self.shared.aclose()
         with self._count_lock:
-            pending = self.ledger_close_pending = self.in_flight > 0 and any(not t.done() for t in tasks)
+            pending = self.ledger_close_pending = self.in_flight > 0 and any(not f.ended for f in flights)
         if not pending:  # (read under the lock: the last of those requests may close the ledger itself)
             await here.run_in_executor(None, self.ledger.close)
+
+    async def _wait_flights(self, flights: list[Flight], here: asyncio.AbstractEventLoop, timeout: float) -> None:
+        """Wait up to ``timeout`` for requests on any loop to end (their flights, not their callers' tasks)."""
+        waiters: list[asyncio.Future[None]] = []
+        for flight in flights:
+            with self._count_lock:
+                if flight.ended:
+                    continue
+                ended: asyncio.Future[None] = here.create_future()
+                flight.on_end = functools.partial(_wake, here, ended)
+            waiters.append(ended)
+        if waiters:
+            await asyncio.wait(waiters, timeout=timeout)
 
     def close_ledger_now(self) -> None:
         """The last request that a close could not wait for has its record: close the ledger."""
@@ -500,27 +537,28 @@ class Service:
             logger.warning("closing the ledger: %s", err)
 
 
-def _cancel(task: asyncio.Task[Any], here: asyncio.AbstractEventLoop) -> None:
-    """Cancel ``task`` on its own loop (requests may run on several)."""
-    loop = task.get_loop()
+def _cancel(flight: Flight, here: asyncio.AbstractEventLoop) -> None:
+    """Cancel ``flight``'s request on its own loop (requests may run on several)."""
+    loop = flight.task.get_loop()  # type: ignore[union-attr]
     if loop is here:
-        task.cancel()
+        flight.cancel()
     elif not loop.is_closed():
         with contextlib.suppress(RuntimeError):  # it closed just now
-            loop.call_soon_threadsafe(task.cancel)
+            loop.call_soon_threadsafe(flight.cancel)
 
 
-async def _wait_tasks(tasks: list[asyncio.Task[Any]], here: asyncio.AbstractEventLoop, timeout: float) -> None:
-    """Wait up to ``timeout`` for tasks of any loop to end (another loop's through that loop)."""
-    waiters: list[asyncio.Future[Any]] = []
-    for task in tasks:
-        loop = task.get_loop()
-        if loop is here:
-            waiters.append(task)
-        elif not loop.is_closed():
-            waiters.append(asyncio.wrap_future(asyncio.run_coroutine_threadsafe(asyncio.wait([task]), loop)))
-    if waiters:
-        await asyncio.wait(waiters, timeout=timeout)
+def _wake(loop: asyncio.AbstractEventLoop, ended: asyncio.Future[None]) -> None:
+    """From a flight's end, on any thread: wake the close waiting for it."""
+    if loop is asyncio._get_running_loop():
+        _resolve(ended)
+    else:
+        with contextlib.suppress(RuntimeError):  # that loop closed meanwhile
+            loop.call_soon_threadsafe(_resolve, ended)
+
+
+def _resolve(ended: asyncio.Future[None]) -> None:
+    if not ended.done():
+        ended.set_result(None)
 
 
 def _charged(record: LedgerRecord, response: Response) -> LedgerRecord:

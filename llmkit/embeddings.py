@@ -235,7 +235,7 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         response.requested_model = request.model
         response.cost_usd = _cost(service, request, response)
     except BaseException as exc:
-        closed = service._closed_error(request, exc)
+        closed = flight.closed_error(request, exc)
         await _record(service, request, None, closed or exc, attempts, started, t0)
         if closed is not None:
             raise closed from None

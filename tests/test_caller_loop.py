@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import llmkit
+import llmkit._service
 from llmkit._errors import ClientClosedError
 from llmkit.routing.limits import PriorityGate
 from llmkit.testing import FakeOpenAIServer
@@ -344,3 +345,75 @@ def test_close_closes_the_connections_of_sync_calls_on_this_thread_and_on_others
         finish.set()
         worker.join(30)
         assert all(c.is_closed for pool in pools.values() for c, *_ in pool)  # the worker's: as its thread ended
+
+
+@pytest.mark.timeout(8)  # (close would wait 10 s for a task it should not wait for)
+def test_close_ends_an_async_callers_request_and_neither_cancels_nor_waits_for_the_callers_task() -> None:
+    """The request runs in its caller's task: close() cancels it there while it is in flight, hands the
+    caller a ClientClosedError with its task not left cancelling, and waits for the request, not for the
+    rest of the caller's work."""
+    with _served("slow", slow=True) as (server, client):
+        async def main() -> tuple[BaseException | None, int, str]:
+            go_on = asyncio.Event()
+
+            async def caller() -> tuple[BaseException | None, int, str]:
+                error: BaseException | None = None
+                try:
+                    await client.acompletion("m", MESSAGES)
+                except ClientClosedError as exc:
+                    error = exc
+                task = asyncio.current_task()
+                assert task is not None
+                cancelling = task.cancelling()
+                await go_on.wait()  # the caller's own work goes on after its request
+                await asyncio.sleep(0)  # and is not cancelled
+                return error, cancelling, "went on"
+
+            task = asyncio.ensure_future(caller())
+            await _until(lambda: server.requests, "the server got the request")
+            await client.aclose()
+            assert not task.done()  # close returned while the caller's task still runs its own work
+            go_on.set()
+            return await task
+
+        error, cancelling, went_on = asyncio.run(main())
+    assert isinstance(error, ClientClosedError) and cancelling == 0 and went_on == "went on"
+    assert list(client.usage()["error_type"]) == ["ClientClosedError"]
+
+
+@pytest.mark.timeout(30)
+def test_a_caller_cancelled_while_the_client_closes_stays_cancelled() -> None:
+    """Its own cancellation and close's land at once: the caller's is not swallowed by the ClientClosedError."""
+    with _served("slow", slow=True) as (server, client):
+        async def main() -> list[str]:
+            task = asyncio.ensure_future(client.acompletion("m", MESSAGES))
+            await _until(lambda: server.requests, "the server got the request")
+            task.cancel()  # the caller's cancellation, then close's, before the task runs again
+            flight = next(iter(client._service._flights))
+            client._service.closing = True
+            flight.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return list(client.usage()["status"])
+
+        assert asyncio.run(main()) == ["cancelled"]
+
+
+@pytest.mark.timeout(30)
+def test_close_cancels_a_flight_only_while_it_lasts() -> None:
+    """close() from another thread reaches the request's loop late: if the request ended meanwhile, the
+    caller's task (now doing something else) is left alone."""
+    with _served("hello") as (_server, client):
+        async def main() -> bool:
+            await client.acompletion("m", MESSAGES)
+            flights = list(client._service._flights)
+            assert flights == []  # ended with the request
+            service = client._service
+            flight = llmkit._service.Flight(service)
+            flight.end()
+            flight.cancel()  # a close's cancel arriving after the end: nothing happens
+            await asyncio.sleep(0)
+            task = asyncio.current_task()
+            return task is not None and task.cancelling() == 0
+
+        assert asyncio.run(main())
