@@ -213,8 +213,8 @@ class Client:
         self._results.reserve()
         try:
             self._service.note_submitted()
-            # Once many results wait, each is kept packed (one bytes value the garbage collector skips):
-            # full collections then cost the same at 100,000 results held as at none.
+            # Once many results wait, each new one is kept packed (one bytes value the garbage collector
+            # skips): full collections then cost about the same at 100,000 results held as at 1,000.
             pack = len(self._results) >= PACK_FROM
             future = self._loop.hold(self._service.execute(request, submitted=True), pack)
         except BaseException:

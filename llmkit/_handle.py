@@ -5,10 +5,11 @@ carries a ``Condition`` (a lock, a deque, bound methods) and the done-callback c
 fifteen objects that every full garbage collection walks, on top of the response itself. A handle is one
 object with ``__slots__``; a waiting thread brings its own lock, and only while it waits.
 
-A handle made with ``pack=True`` (``completion_async`` asks for it once many results wait) keeps a finished
-``Response`` as one ``bytes`` value (``marshal``; about 2 µs each way) instead of the response, its usage,
-attempts and raw JSON: the collector skips bytes, so a full collection costs the same however many results
-wait. A response that cannot be packed (a parsed pydantic answer, a raw value marshal refuses) is kept as is.
+A handle made with ``pack=True`` (``completion_async`` asks for it for requests submitted while 1,000
+results already wait) keeps a finished ``Response`` as one ``bytes`` value (``marshal``; a few µs each way)
+instead of the response, its usage, attempts and raw JSON: the collector skips bytes, so a full collection
+costs the same however many results wait. A response holding anything but plain JSON-like values (a parsed
+pydantic answer, a custom adapter's objects in ``raw``) is kept as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import marshal
+import os
 import threading
 from collections.abc import Callable
 from operator import attrgetter
@@ -37,6 +39,15 @@ class Home(Protocol):
 
 # One lock for every handle's state change: they are rare and short (finishing, a waiter coming or going).
 _lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:  # a fork while another thread held it would leave it held for good
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class Handle(Generic[T]):
@@ -221,19 +232,39 @@ _attempt_fields, _tool_call_fields, _rate_limit_fields = _getter(Attempt), _gett
 
 
 def pack_response(response: Response) -> bytes | None:
-    """``response`` as one bytes value, or None when it holds what marshal cannot keep (a parsed answer)."""
+    """``response`` as one bytes value, or None when it holds anything but plain JSON-like values (a parsed
+    answer, an adapter's own objects in ``raw``, a numpy number): those would not come back as they were."""
     if response.parsed is not None:
         return None
-    values = list(_response_fields(response))
-    values[_USAGE] = _usage_fields(response.usage)
-    values[_ATTEMPTS] = tuple(map(_attempt_fields, response.attempts))
-    values[_TOOL_CALLS] = tuple(map(_tool_call_fields, response.tool_calls))
-    if response.rate_limit is not None:
-        values[_RATE_LIMIT] = _rate_limit_fields(response.rate_limit)
     try:
-        return marshal.dumps(tuple(values))
-    except ValueError:  # a raw value of a type marshal does not know
+        values = list(_response_fields(response))
+        values[_USAGE] = _usage_fields(response.usage)
+        values[_ATTEMPTS] = tuple(map(_attempt_fields, response.attempts))
+        values[_TOOL_CALLS] = tuple(map(_tool_call_fields, response.tool_calls))
+        if response.rate_limit is not None:
+            values[_RATE_LIMIT] = _rate_limit_fields(response.rate_limit)
+        packed = tuple(values)
+        if not _plain(packed):
+            return None
+        return marshal.dumps(packed)
+    except Exception:  # fields of unexpected types (a custom adapter's): kept as they are
         return None
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> bool:
+    """Only str, int, float, bool, None, and dicts, lists and tuples of them (exact types: marshal would
+    turn a subclass, a bytearray or a numpy number into something else)."""
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if kind is tuple or kind is list:
+        return all(_plain(v) for v in value)
+    if kind is dict:
+        return all(type(k) in _ATOMS and _plain(v) for k, v in value.items())
+    return False
 
 
 def unpack_response(packed: bytes) -> Response:

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 
 class Flight:
-    """One request's time on the loop, around its routing and its record: counted in ``in_flight`` and
-    ended by ``close()`` from ``service.flight()`` on; its budget reservation (``await
+    """One request's time on the loop, around its routing and its record: counted in ``in_flight`` (all but
+    cache hits) and ended by ``close()`` from ``service.flight()`` on; its budget reservation (``await
     flight.reserve(request)``) is released by ``end()``, which the caller runs after writing the record
     (a ``finally``), so a budget never misses a cost in between.
 
@@ -51,7 +51,7 @@ class Flight:
     task its cancellation back (``closed_error``): the caller sees a ``ClientClosedError``, and its task is
     not left cancelling."""
 
-    __slots__ = ("closed", "counted", "ended", "on_end", "service", "task", "token")
+    __slots__ = ("closed", "counted", "ended", "on_end", "recording", "refused", "service", "task", "token")
 
     def __init__(self, service: Service, counted: bool = True) -> None:
         self.service = service
@@ -59,6 +59,8 @@ class Flight:
         self.counted = counted
         self.ended = False
         self.closed = False  # close() cancelled its task
+        self.refused = False  # a closing client refused it (``reserve``)
+        self.recording = False  # its record is being written: close() lets it finish (and waits for it)
         self.on_end: Callable[[], None] | None = None  # a close waiting for it
         if counted:
             with service._count_lock:  # requests may run on several loops (threads) at once
@@ -71,6 +73,7 @@ class Flight:
         refuses it (``CancelledError``, recorded as ``ClientClosedError``)."""
         service = self.service
         if service.closing:
+            self.refused = True
             raise asyncio.CancelledError
         self.token = service._reserve(request)
         await service._hold(self.token)
@@ -78,19 +81,25 @@ class Flight:
 
     def cancel(self) -> None:
         """On the task's loop: cancel the request if it is still running (``close()``)."""
-        if not self.ended and self.task is not None and not self.task.done():
+        if not self.ended and not self.recording and self.task is not None and not self.task.done():
             self.closed = True
             self.task.cancel()
 
     def closed_error(self, request: Request, exc: BaseException) -> ClientClosedError | None:
-        """A request cut short by ``close()`` ends with a ``ClientClosedError`` (recorded as such), and its
-        task's cancellation is taken back, unless its caller cancelled it too (then it stays cancelled)."""
-        if not (self.service.closing and isinstance(exc, asyncio.CancelledError)):
+        """Called first thing when the request fails (it then writes its record: ``recording``). A request cut
+        short by ``close()`` (its cancellation, or refused by a closing client) ends with a
+        ``ClientClosedError``, recorded as such, and close's cancellation of the task is taken back. Any other
+        cancellation (its caller's, even during a close) stays a cancellation."""
+        self.recording = True
+        if not isinstance(exc, asyncio.CancelledError):
             return None
-        if self.closed and self.task is not None:
-            self.closed = False
-            if self.task.uncancel() > 0:  # cancelled by someone else as well: that cancellation goes on
-                return None
+        if self.refused:
+            return ClientClosedError(f"request {request.id} did not finish: the client was closed")
+        if not self.closed:
+            return None
+        self.closed = False
+        if self.task is not None and self.task.uncancel() > 0:  # cancelled by someone else as well: that goes on
+            return None
         return ClientClosedError(f"request {request.id} did not finish: the client was closed")
 
     def end(self) -> None:
@@ -132,7 +141,9 @@ class Service:
                              on_attempt=self.health.record_request)
         self.pricer = Pricer({p.name: p.pricing for p in config.providers if p.pricing})
         ledger_path = None if config.ledger in (None, ":memory:") else config.ledger
-        self.ledger = Ledger(ledger_path, memory_records=config.memory_records, session_id=self.session_id)
+        # a budget reads the spend of every client on the file: each record committed before its call returns
+        self.ledger = Ledger(ledger_path, memory_records=config.memory_records, session_id=self.session_id,
+                             journal=config.budget_usd is None)
         self.budget = (Budget(config.budget_usd, config.budget_period, self.ledger, wallclock)
                        if config.budget_usd is not None else None)
         if self.shared is not None and self.budget is not None:
@@ -186,6 +197,7 @@ class Service:
                 raise closed from None
             raise
         else:
+            flight.recording = True
             await self._record(request, response, None, attempts, started, t0)
             return response
         finally:
@@ -252,6 +264,7 @@ class Service:
                 raise closed from None
             raise
         else:  # recorded before the reservation is released: the budget never misses the cost in between
+            flight.recording = True
             await self._record(request, response, None, attempts, started, t0, stream=True)
             return response
         finally:

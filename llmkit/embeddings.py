@@ -242,6 +242,7 @@ async def run_embedding(service: Service, request: Request) -> EmbeddingResponse
         raise
     else:  # recorded before the reservation is released (as ``Service.execute``): a shared budget settles
         # the cost with the release, and the local budget always counts the reservation or the spend
+        flight.recording = True
         await _record(service, request, response, None, attempts, started, t0)
         return response
     finally:

@@ -19,7 +19,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -162,8 +162,10 @@ _DAILY_SUM_SQL = ("total(requests)", "total(errors)", "total(input_tokens)", "to
 class History:
     """SQL questions about one ledger file (see the module docstring)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, before_read: Callable[[], Callable[[], None] | None] | None = None) -> None:
         self.path = Path(path)
+        # a weak reference to the ledger's flush: records waiting in its journal are committed first
+        self.before_read = before_read
         self._spend_db: sqlite3.Connection | None = None
         self._spend_pid = 0
         self._spend: list[Any] | None = None  # [since, upto, day totals, last id read, cost past upto]
@@ -172,6 +174,9 @@ class History:
 
     def connect(self) -> sqlite3.Connection:
         """A new connection to the file, which must exist (a reader never creates an empty ledger)."""
+        flush = self.before_read() if self.before_read is not None else None
+        if flush is not None:
+            flush()
         uri = self.path.resolve().as_uri() + "?mode=rw"
         db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")

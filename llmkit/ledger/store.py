@@ -47,6 +47,8 @@ from typing import Any, overload
 
 from .._errors import ConfigError
 from .._secrets import logger
+from . import journal as _journal
+from .journal import LINGER_S, Journal
 from .migrations import migrate
 from .queries import History, Selection
 from .schema import BOOLS, CODED, FIELDS, FLOATS, INTS, STATUSES, TEXTS
@@ -298,6 +300,8 @@ _RETRYABLE = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}  # the file, not th
 
 _Item = tuple[tuple[Any, ...], "_Waiter | None"]
 _CHECKPOINT_DUE: _Item = ((), None)  # put on the writer's queue by an inline commit: time to checkpoint
+_JOURNAL_DUE: _Item = (("journal due",), None)  # records wait in the journal: commit them (after LINGER_S)
+_FLUSH = ("flush",)  # (_FLUSH, future): commit the journaled records now, then settle the future
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -354,6 +358,11 @@ class _Writer(threading.Thread):
         self._packer: threading.Thread | None = None
         self._packed = 0
         self._stop_packing = threading.Event()
+        # the journal (``journal``): records durable in it and waiting for a commit; ``take_journaled``
+        # (set by the ledger) hands them over with the file they are in and how many were journaled so far
+        self.journal: Journal | None = None
+        self.take_journaled: Callable[[], tuple[list[tuple[Any, ...]], int, int]] | None = None
+        self.journal_done = 0  # records journaled and since committed (or refused), by the ledger's count
 
     def run(self) -> None:
         try:
@@ -367,6 +376,8 @@ class _Writer(threading.Thread):
                 self._packer.join(_PACKER_JOIN_S)
             if not self.backlog:
                 self._checkpoint()
+            if self.journal is not None:  # kept for the next process to replay if rows never landed
+                self.journal.close(committed=not self.backlog)
             with self.db_lock:
                 if self.checkpoint_db is not None:
                     self.checkpoint_db.close()
@@ -412,12 +423,19 @@ class _Writer(threading.Thread):
             return True
         self._idle_s = _CHECKPOINT_IDLE_S
         batch: list[_Item] = []
+        flushes: list[_Item] = []  # readers waiting for the journaled records to be committed
+        take = False  # journaled records to commit
         running = True
         while True:
             if item is None:
-                running = False
+                running, take = False, True
                 break
-            if item is not _CHECKPOINT_DUE:
+            if item is _JOURNAL_DUE:
+                take = True
+            elif item[0] is _FLUSH:
+                take = True
+                flushes.append(item)
+            elif item is not _CHECKPOINT_DUE:
                 batch.append(item)
             if len(batch) >= _BATCH:
                 break
@@ -425,11 +443,22 @@ class _Writer(threading.Thread):
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
+        segment = journaled = None
+        if take and self.take_journaled is not None:
+            if running and not flushes:
+                time.sleep(LINGER_S)  # let more records gather in the journal: one commit for all of them
+            rows, segment, journaled = self.take_journaled()
+            batch[:0] = [(row, None) for row in rows]
         if self.backlog and time.monotonic() < self._next_try:  # the file is locked: join the queue, no wait
             self.backlog.extend(row for row, _ in batch)
             self._settle(batch, {})
         elif batch or self.backlog:
             self._commit(batch)
+        if journaled is not None:
+            if not self.backlog and self.journal is not None and segment is not None:
+                self.journal.clear(segment)  # all in SQLite (or refused, and logged)
+            self.journal_done = journaled
+        self._settle(flushes, {})
         if self.checkpoint_due():
             self._checkpoint()
         return running
@@ -562,6 +591,26 @@ def _settle(waiters: list[tuple[asyncio.Future[None], BaseException | None]]) ->
                 waiter.set_exception(error)
 
 
+class _Journaled:
+    """Rows durable in a ledger's journal and not yet handed to its writer, with the ledger's lock: what the
+    writer takes from the ledger without holding the ledger itself (which would then never be finalized)."""
+
+    __slots__ = ("count", "journal", "lock", "rows")
+
+    def __init__(self, journal: Journal, lock: threading.Lock) -> None:
+        self.journal = journal
+        self.lock = lock
+        self.rows: list[tuple[Any, ...]] = []
+        self.count = 0  # rows journaled so far (the writer's ``journal_done`` catches up)
+
+    def take(self) -> tuple[list[tuple[Any, ...]], int, int]:
+        """On the writer thread: the rows, the journal file they are in (later rows go to the other), and
+        how many rows were journaled up to them."""
+        with self.lock:
+            rows, self.rows = self.rows, []
+            return rows, self.journal.switch(), self.count
+
+
 def _shutdown(writer: _Writer) -> None:
     if writer.is_alive():
         writer.queue.put(None)
@@ -572,13 +621,16 @@ class Ledger:
     """Every finished request, as one record. ``path=None`` or ``":memory:"`` keeps it in memory only."""
 
     def __init__(self, path: str | os.PathLike[str] | None = "default", *,
-                 memory_records: int | None = MEMORY_RECORDS, session_id: str | None = None) -> None:
+                 memory_records: int | None = MEMORY_RECORDS, session_id: str | None = None,
+                 journal: bool = True) -> None:
         if path is not None and os.fspath(path) == "default":
             path = self.default_path()
         # absolute from here on: the writer's checkpoint connection and history reads open the file again
         # later, and a relative path would then follow the process's current directory (os.chdir)
         self.path: Path | None = None if path is None or os.fspath(path) == ":memory:" else Path(path).absolute()
-        self.history: History | None = None if self.path is None else History(self.path)
+        # (weakly: a ledger nobody holds any more is finalized, and its writer stops)
+        self.history: History | None = (None if self.path is None
+                                        else History(self.path, before_read=weakref.WeakMethod(self.flush)))
         # only a file-backed ledger forgets: a memory-only one is its own store of record
         self.memory_records = memory_records if self.path is not None else None
         self._dropped = 0  # records appended and since dropped from memory (positions keep counting)
@@ -599,10 +651,20 @@ class Ledger:
         self._text_appends = tuple(self._texts[name].open.append for name in TEXTS)  # in TEXTS order
         self._total_cost = 0.0
         self._writer: _Writer | None = None
+        self._journal: Journal | None = None  # see ``journal``: records durable before their commit
+        # (off when other connections must see each record before the call returns: a budget shared through
+        # the file reads the spend of every client on it)
+        self._use_journal = journal
+        self._journaled: _Journaled | None = None  # its rows not yet handed to the writer
         self._forked = False  # opened before os.fork() and this is the child: reconnect on the next write
         self._fork_held: list[threading.Lock] = []
         if self.path is not None:
             db = self._open(self.path)
+            try:  # a killed process's records first: they come before anything this one appends
+                _journal.replay(self.path, db, _INSERT, len(FIELDS))
+            except (OSError, sqlite3.Error) as exc:
+                logger.warning("llmkit: replaying ledger journals of %s failed (%s); they stay for the next open",
+                               self.path, exc)
             self._start_writer(db)
             _live.add(self)
 
@@ -611,6 +673,16 @@ class Ledger:
         self._writer = _Writer(db, self.path, f"ledger {self.path}")
         if self.history is not None:
             self._writer.idle_work = self.history.pack_quietly
+        self._journal = None
+        if self._use_journal and _journal.available():
+            try:
+                self._journal = Journal(self.path)
+            except OSError as exc:  # a folder we may not create files in: commit on the request path instead
+                logger.info("llmkit: no journal beside %s (%s); records are committed one by one", self.path, exc)
+        if self._journal is not None:
+            self._journaled = _Journaled(self._journal, self._lock)
+            self._writer.journal = self._journal
+            self._writer.take_journaled = self._journaled.take  # (not a method of the ledger: see History)
         self._writer.start()
         self._finalizer = weakref.finalize(self, _shutdown, self._writer)
 
@@ -661,11 +733,42 @@ class Ledger:
             writer = self._writer
             if writer is None:
                 return None
+            journaled = self._journaled
+            if loop is not None and journaled is not None and self._journal_row(writer, journaled, row):
+                return None  # durable in the journal; the writer commits it with others in a moment
             if loop is not None and writer.queue.empty() and not writer.backlog and self._commit_inline(writer, row):
                 return None  # an idle writer and no burst: committed already
             waiter: _Waiter = Future() if loop is None else loop.create_future()
             writer.queue.put((row, waiter))
             return waiter
+
+    @staticmethod
+    def _journal_row(writer: _Writer, journaled: _Journaled, row: tuple[Any, ...]) -> bool:
+        """Append ``row`` to the journal (the lock is held) and see that the writer commits it soon; False if
+        the journal cannot take it (a full disk), so it is committed the usual way."""
+        try:
+            journaled.journal.write(row)
+        except OSError:
+            return False
+        journaled.count += 1
+        first = not journaled.rows
+        journaled.rows.append(row)
+        if first:  # one wake-up of the writer for all the rows that gather meanwhile
+            writer.queue.put(_JOURNAL_DUE)
+        return True
+
+    def flush(self) -> None:
+        """Commit the records waiting in the journal now, so that SQL reads in this process see every record
+        (``History`` calls it before each read). Returns at once when nothing waits."""
+        writer = self._writer
+        journaled = self._journaled
+        if (writer is None or journaled is None or writer.journal_done == journaled.count
+                or not writer.is_alive() or threading.current_thread() in (writer, writer._packer)):
+            return
+        done: Future[None] = Future()
+        writer.queue.put((_FLUSH, done))
+        with contextlib.suppress(TimeoutError):  # (the writer settles it after one commit attempt)
+            done.result(timeout=_CLOSE_PATIENCE_S)
 
     @staticmethod
     def _commit_inline(writer: _Writer, row: tuple[Any, ...]) -> bool:
@@ -910,6 +1013,11 @@ class Ledger:
         self._finalizer.detach()
         self._writer = None
         self._forked = True
+        if self._journal is not None:  # the parent's files (and its lock): let go of them, delete nothing
+            self._journal._close_files()
+            self._journal.closed = True
+            self._journal = None
+        self._journaled = None  # the parent's rows: its writer commits them
         if idle:
             with contextlib.suppress(Exception):
                 writer.db.close()

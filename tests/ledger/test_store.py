@@ -203,7 +203,7 @@ def test_columns_are_consistent_while_another_thread_appends() -> None:
 
 
 async def test_idle_writer_means_inline_commits(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger = Ledger(tmp_path / "l.sqlite3", journal=False)  # (a budget's ledger: committed on the request path)
     writer = ledger._writer
     assert writer is not None
     for i in range(5):
@@ -241,7 +241,7 @@ async def test_steady_inline_commits_bring_checkpoints_that_never_stop_them_and_
     monkeypatch.setattr(store, "_CHECKPOINT_EVERY", 10)
     monkeypatch.setattr(store, "_CHECKPOINT_IDLE_S", 3600.0)  # the writer is never idle long enough
     path = tmp_path / "l.sqlite3"
-    ledger = Ledger(path)
+    ledger = Ledger(path, journal=False)
     writer = ledger._writer
     assert writer is not None
     slow = _SlowCheckpoints(sqlite3.connect(path, check_same_thread=False), writer.db_lock)
@@ -277,7 +277,7 @@ async def test_steady_inline_commits_bring_checkpoints_that_never_stop_them_and_
 
 
 async def test_concurrent_appends_share_commits_when_the_writer_is_busy(tmp_path: Path) -> None:
-    ledger = Ledger(tmp_path / "l.sqlite3")
+    ledger = Ledger(tmp_path / "l.sqlite3", journal=False)
     writer = ledger._writer
     assert writer is not None
     with writer.db_lock:  # the writer (or another user of the file) is busy: nothing commits inline
@@ -292,7 +292,7 @@ async def test_concurrent_appends_share_commits_when_the_writer_is_busy(tmp_path
 
 async def test_cancelled_append_is_still_committed(tmp_path: Path) -> None:
     path = tmp_path / "l.sqlite3"
-    ledger = Ledger(path)
+    ledger = Ledger(path, journal=False)
     writer = ledger._writer
     assert writer is not None
     with writer.db_lock:  # keep the record queued for the writer thread
@@ -361,7 +361,7 @@ async def test_a_file_locked_by_another_process_never_blocks_the_caller(tmp_path
     import sqlite3
 
     path = tmp_path / "l.sqlite3"
-    ledger = Ledger(path)
+    ledger = Ledger(path, journal=False)
     writer = ledger._writer
     assert writer is not None
     other = sqlite3.connect(path, isolation_level=None)  # another notebook's client, mid-write
@@ -412,7 +412,7 @@ async def test_a_relative_ledger_path_keeps_checkpointing_after_the_process_chan
     (tmp_path / "here").mkdir()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    ledger = Ledger("l.sqlite3")
+    ledger = Ledger("l.sqlite3", journal=False)
     monkeypatch.chdir(tmp_path / "elsewhere")
     writer = ledger._writer
     assert writer is not None

@@ -1,0 +1,201 @@
+"""The ledger's journal: what makes a record durable before SQLite has it.
+
+A request's record must survive the process being killed the moment the call returns. An SQLite commit
+on the request path does that but costs 50-100 µs with the caches cold (two indexes and the WAL); handing
+each record to the writer thread costs more (a thread wake-up and the GIL, every call). Instead the record
+is appended to a journal file, one ``os.write`` of a few hundred bytes (in the OS's page cache from then
+on, as a WAL commit with ``synchronous = NORMAL`` is), and the writer thread commits the journaled records
+to SQLite in groups, a few milliseconds later (``LINGER_S``).
+
+Each ledger connection has its own pair of files, ``<ledger>.journal-<owner>-a`` and ``-b``, held with an
+exclusive ``flock`` while it lives. Callers append to the current one; the writer takes the records
+written so far and switches callers to the other file in one step (under the ledger's lock), commits them,
+and empties the file it took them from. A process that opens the ledger replays the journals no living
+process holds (a killed one's), skipping records the file already has, and deletes them.
+
+Where ``fcntl`` is missing (Windows) there is no journal: records are committed on the request path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import secrets
+import sqlite3
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .._secrets import logger
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+#: How long the writer lets journaled records gather before it commits them (one wake-up and one
+#: transaction for all of them). Readers in this process never wait for it (``Ledger.flush``).
+LINGER_S = 0.01
+
+_LENGTH = struct.Struct("<I")
+_MARK = ".journal-"
+
+
+def available() -> bool:
+    return fcntl is not None
+
+
+class Journal:
+    """One ledger connection's two journal files (see the module docstring). ``write`` runs under the
+    ledger's lock, as does ``switch``; ``clear`` runs on the writer thread."""
+
+    def __init__(self, ledger: Path) -> None:
+        assert fcntl is not None
+        owner = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.paths = (_segment(ledger, owner, "a"), _segment(ledger, owner, "b"))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        self._fds = [os.open(self.paths[0], flags, 0o600)]
+        try:
+            fcntl.flock(self._fds[0], fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live (see ``replay``)
+            self._fds.append(os.open(self.paths[1], flags, 0o600))
+        except BaseException:
+            self._close_files()
+            raise
+        self.current = 0
+        self.closed = False
+
+    def write(self, row: tuple[Any, ...]) -> None:
+        """Append one row (the ledger's lock is held)."""
+        data = marshal.dumps(row)
+        os.write(self._fds[self.current], _LENGTH.pack(len(data)) + data)
+
+    def switch(self) -> int:
+        """Send later writes to the other file; returns the one written so far (the ledger's lock is held)."""
+        taken = self.current
+        self.current ^= 1
+        return taken
+
+    def clear(self, segment: int) -> None:
+        """Every record in ``segment`` is in SQLite now: empty it."""
+        if not self.closed:
+            os.ftruncate(self._fds[segment], 0)
+
+    def close(self, committed: bool) -> None:
+        """Close the files; delete them if every record they hold is committed (else the next process to
+        open the ledger replays them)."""
+        if self.closed:
+            return
+        self.closed = True
+        if committed:
+            for path in self.paths:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        for fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+
+
+def _segment(ledger: Path, owner: str, half: str) -> Path:
+    return ledger.with_name(f"{ledger.name}{_MARK}{owner}-{half}")
+
+
+def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int) -> int:
+    """Commit the records of journals that no living process holds (a killed process's) and delete them;
+    records the file already has are skipped. Returns how many were added."""
+    if fcntl is None:
+        return 0
+    added = 0
+    for first in sorted(ledger.parent.glob(f"{ledger.name}{_MARK}*-a")):
+        try:
+            fd = os.open(first, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            continue  # replayed and deleted by another process just now
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its owner is alive
+            second = first.with_name(first.name[:-1] + "b")
+            rows = [*_read(first), *_read(second)]
+            added += _insert_missing(db, insert, width, rows, first)
+            for path in (second, first):  # (the locked one last: a second replayer then finds nothing)
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        except sqlite3.Error as exc:  # the file is busy: the journal stays for the next open
+            logger.warning("llmkit: could not replay the ledger journal %s yet (%s)", first.name, exc)
+        finally:
+            os.close(fd)
+    return added
+
+
+def _read(path: Path) -> Iterator[tuple[Any, ...]]:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return
+    at = 0
+    while at + _LENGTH.size <= len(data):
+        (size,) = _LENGTH.unpack_from(data, at)
+        start = at + _LENGTH.size
+        if start + size > len(data):
+            return  # a write cut short by the kill: it never returned to its caller
+        try:
+            row = marshal.loads(data[start:start + size])
+        except (ValueError, EOFError, TypeError):
+            logger.error("llmkit: ledger journal %s is damaged after %d bytes; the rest is skipped", path.name, at)
+            return
+        if isinstance(row, tuple):
+            yield row
+        at = start + size
+
+
+def _insert_missing(db: sqlite3.Connection, insert: str, width: int, rows: Sequence[tuple[Any, ...]],
+                    where: Path) -> int:
+    """Insert the rows whose request id the file does not have yet (rows are in ``FIELDS`` order: request id
+    first, then time). One transaction."""
+    good = [row for row in rows if len(row) == width]
+    if len(good) < len(rows):
+        logger.error("llmkit: %d record(s) in %s have the wrong shape; skipped", len(rows) - len(good), where.name)
+    if not good:
+        return 0
+    since = min(row[1] for row in good)
+    have = {rid for (rid,) in db.execute("SELECT request_id FROM requests WHERE time >= ?", (since,))}
+    missing = [row for row in good if row[0] not in have and not have.add(row[0])]  # type: ignore[func-returns-value]
+    if missing:
+        try:
+            _transaction(db, insert, missing)
+        except Exception as exc:
+            if _busy(exc):
+                raise
+            for row in missing:  # one row SQLite refuses must not keep the others out
+                try:
+                    _transaction(db, insert, [row])
+                except Exception as again:
+                    if _busy(again):
+                        raise
+                    logger.error("llmkit: a journaled record (%r) could not be written (%s); skipped", row[0], again)
+        logger.warning("llmkit: %d record(s) of a process that ended without closing its ledger were recovered "
+                       "from %s", len(missing), where.name)
+    return len(missing)
+
+
+def _transaction(db: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(insert, rows)
+        db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise
+
+
+def _busy(exc: BaseException) -> bool:
+    """The file is locked or full (try again at the next open), rather than the row being refused."""
+    return getattr(exc, "sqlite_errorname", "") in {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_FULL"}
