@@ -2,9 +2,9 @@
 
 Sync calls submit coroutines to a loop running in a daemon thread (``LoopThread``) and wait; this works
 in a script, in a Jupyter cell whose loop is already running, and from many threads, and patches nothing
-in asyncio. Async callers (``ClientLoop.arun``) run their requests on their own loop as tasks, with no
-thread hop: what requests share (breakers, limits, concurrency gates, the ledger, the cache) is
-thread-safe, and connection pools are per loop. Background work (health checks, ``completion_async``,
+in asyncio. Async callers (``ClientLoop.arun``) run their requests on their own loop, in the calling
+task, with no thread hop: what requests share (breakers, limits, concurrency gates, the ledger, the
+cache) is thread-safe, and connection pools are per loop. Background work (health checks, ``completion_async``,
 streams) stays on the private loop.
 """
 
@@ -205,7 +205,7 @@ _STANDARD_TIME = asyncio.BaseEventLoop.time
 class ClientLoop:
     """How a client runs its coroutines, with no thread hop where it can.
 
-    - An async caller's request runs on the caller's own loop, as a task of its own (``arun``).
+    - An async caller's request runs on the caller's own loop, in the caller's task (``arun``).
     - A sync caller's request runs on the caller's own thread, on an event loop llmkit keeps for that
       thread (``call``); in a thread whose loop is running (a callback, async code calling the sync API)
       that loop is set aside while the request runs, as it is blocked anyway.

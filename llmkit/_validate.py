@@ -94,7 +94,11 @@ def _messages(messages: Any) -> tuple[tuple[dict[str, Any], ...], bool]:
         if content is not None and not isinstance(content, (str, list)):
             raise InvalidRequestError(f"messages[{i}].content: expected a string (or a list of content parts), "
                                       f"got {type(content).__name__}")
-        encodable(f"messages[{i}]", message)
+        if type(message) is dict and len(message) == 2 and type(content) is str:  # {"role", "content": text}
+            if not content.isascii():  # (text encodes as JSON unless it holds a lone surrogate)
+                _utf8(f"messages[{i}]", content)
+        else:
+            encodable(f"messages[{i}]", message)
         out.append(dict(message))
         tool_turns = tool_turns or role == "tool" or "tool_calls" in message
     return tuple(out), tool_turns
@@ -111,6 +115,13 @@ def _is_int64(value: Any) -> bool:
 #: ``json.dumps(value, ensure_ascii=False, allow_nan=False)`` made once: ``dumps`` with any option builds a new
 #: encoder on every call, which cost more than the encoding of a short message (~3 µs a call).
 _STRICT = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _utf8(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)") from None
 
 
 def encodable(name: str, value: Any) -> bytes:

@@ -249,8 +249,8 @@ def tool_call_dicts(messages: Any) -> Any:
     (so ``resp.tool_calls`` can be replayed as is). Anything else is returned unchanged."""
     if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)):
         return messages
-    if not any(isinstance(m, Mapping) and any(isinstance(c, ToolCall) for c in m.get("tool_calls") or ())
-               for m in messages):
+    if not any(isinstance(c, ToolCall) for m in messages if isinstance(m, Mapping) and m.get("tool_calls")
+               for c in m["tool_calls"]):
         return messages
     return [{**m, "tool_calls": [c.to_openai() if isinstance(c, ToolCall) else c for c in m["tool_calls"]]}
             if isinstance(m, Mapping) and m.get("tool_calls") else m for m in messages]
