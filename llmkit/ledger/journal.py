@@ -13,7 +13,8 @@ written so far and switches callers to the other file in one step (under the led
 and empties the file it took them from. A process that opens the ledger replays the journals no living
 process holds (a killed one's), skipping records the file already has, and deletes them.
 
-Where ``fcntl`` is missing (Windows) there is no journal: records are committed on the request path.
+Where ``fcntl`` is missing (Windows), and in processes started by ``fork`` or ``multiprocessing`` (they
+may end with ``os._exit``, closing nothing), there is no journal: records are committed on the request path.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 import secrets
 import sqlite3
 import struct
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,29 @@ _MARK = ".journal-"
 
 def available() -> bool:
     return fcntl is not None
+
+
+_forked = False  # this process is a fork of one that imported llmkit
+
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
+
+
+def usable() -> bool:
+    """Whether records may wait in a journal here: ``fcntl`` exists, and the process ends in a way that
+    closes its ledgers. A forked child (``multiprocessing``'s workers above all) usually ends with
+    ``os._exit``, which runs no exit handlers: its last records would wait in the journal for the next
+    process to open the ledger. Such processes commit each record before the call returns."""
+    if fcntl is None or _forked:
+        return False
+    process = sys.modules.get("multiprocessing.process")
+    return process is None or process.parent_process() is None
 
 
 class Journal:
@@ -76,14 +101,14 @@ class Journal:
         self._sizes = [0, 0]  # bytes in each file: where a failed write is cut back to
         self.current = 0
         self.closed = False
-        self.broken = False  # a torn record stayed in a file: no more records go to this journal
+        self.broken = False  # a torn record stayed in a file, or one would not empty: no more records here
 
     def write(self, row: tuple[Any, ...]) -> None:
         """Append one row (the ledger's lock is held). All of it lands or none does: a short write (a disk or
         quota nearly full) is finished, and one that fails is cut off again, so the records after it are
         still read back whole. ``OSError`` means the row is not in the journal."""
-        if self.broken:
-            raise OSError("this ledger journal has a torn record in it")
+        if self.broken or self.closed:
+            raise OSError("this ledger journal takes no more records")
         data = marshal.dumps(row)
         data = _LENGTH.pack(len(data)) + data
         fd, start = self._fds[self.current], self._sizes[self.current]
@@ -111,9 +136,16 @@ class Journal:
 
     def clear(self, segment: int) -> None:
         """Every record in ``segment`` is in SQLite now: empty it."""
-        if not self.closed:
+        if self.closed:
+            return
+        try:
             os.ftruncate(self._fds[segment], 0)
-            self._sizes[segment] = 0
+        except OSError as exc:  # its records are in SQLite: a replay skips them; but stop adding to it
+            self.broken = True
+            logger.warning("llmkit: could not empty the ledger journal %s (%s); records are committed one by "
+                           "one from now on", self.paths[segment].name, exc)
+            return
+        self._sizes[segment] = 0
 
     def close(self, committed: bool) -> None:
         """Close the files; delete them if every record they hold is committed (else the next process to
@@ -121,8 +153,8 @@ class Journal:
         if self.closed:
             return
         self.closed = True
-        if committed:
-            for path in self.paths:
+        if committed:  # ('-b' first: a kill in between leaves '-a', which a replay finds, dedupes and deletes)
+            for path in reversed(self.paths):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
         self._close_files()
@@ -157,8 +189,10 @@ def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
             except OSError:
                 continue  # its owner is alive
             second = first.with_name(first.name[:-1] + "b")
-            rows = [*_read(first), *_read(second)]
-            added += _insert_missing(db, insert, width, rows, first, scrub)
+            a, b = list(_read(first)), list(_read(second))
+            if _began(b) < _began(a):  # the writer alternates files: the older records first
+                a, b = b, a
+            added += _insert_missing(db, insert, width, [*a, *b], first, scrub)
             for path in (second, first):  # (the locked one last: a second replayer then finds nothing)
                 with contextlib.suppress(OSError):
                     os.unlink(path)
@@ -166,7 +200,58 @@ def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
             logger.warning("llmkit: could not replay the ledger journal %s yet (%s)", first.name, exc)
         finally:
             os.close(fd)
+    return added + _sweep(ledger, db, insert, width, scrub)
+
+
+def _sweep(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
+           scrub: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> int:
+    """Files of journals killed half made or half deleted: a ``-new`` nobody holds (killed before its
+    rename; empty), a ``-b`` with no ``-a`` and no held ``-new`` (killed between ``close``'s two unlinks,
+    or during ``__init__``). A living owner always holds its ``-new`` or has its ``-a``."""
+    prefix = f"{ledger.name}{_MARK}"
+    added = 0
+    try:
+        names = sorted(os.listdir(ledger.parent))
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(prefix) or not name.endswith(("-new", "-b")):
+            continue
+        path = ledger.with_name(name)
+        stem = name.rsplit("-", 1)[0]
+        fresh, first = ledger.with_name(f"{stem}-new"), ledger.with_name(f"{stem}-a")
+        if _held(fresh) or (name.endswith("-b") and first.exists()):  # (in this order: see __init__)
+            continue
+        try:
+            if name.endswith("-b"):
+                added += _insert_missing(db, insert, width, list(_read(path)), path, scrub)
+            os.unlink(path)
+        except sqlite3.Error as exc:
+            logger.warning("llmkit: could not replay the ledger journal %s yet (%s)", name, exc)
+        except OSError:
+            pass  # deleted by another process just now
     return added
+
+
+def _began(rows: list[tuple[Any, ...]]) -> float:
+    """The time of a journal file's first record (rows are in ``FIELDS`` order: request id, then time)."""
+    first = rows[0] if rows else ()
+    return first[1] if len(first) > 1 and isinstance(first[1], (int, float)) else float("inf")
+
+
+def _held(path: Path) -> bool:
+    """Whether a living process holds the ``flock`` of ``path`` (False if there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _dead_candidates(ledger: Path) -> list[Path]:

@@ -393,25 +393,50 @@ class _Writer(threading.Thread):
         self.take_journaled: Callable[[], tuple[list[tuple[Any, ...]], int, int]] | None = None
         self.journal_done = 0  # records journaled and since committed (or refused), by the ledger's count
         self.linger_s = LINGER_S
+        self.stopped = False  # set (under ``stop_lock``) once nothing more is taken from the queue
+        self.stop_lock = threading.Lock()
 
     def run(self) -> None:
+        ended = False
         try:
             while self._commit_batch():
                 pass
             self._stop_packing.set()
             self._flush_at_close()
+            ended = True
+        except BaseException:
+            logger.exception("%s: the writer thread failed; records go on in memory and stay in the journal "
+                             "for the next open", self.where)
+            raise
         finally:
             self._stop_packing.set()
             if self._packer is not None:
                 self._packer.join(_PACKER_JOIN_S)
-            if not self.backlog:
+            self._let_waiters_go(ended)
+            if not self.backlog and ended:
                 self._checkpoint()
             if self.journal is not None:  # kept for the next process to replay if rows never landed
-                self.journal.close(committed=not self.backlog)
+                self.journal.close(committed=ended and not self.backlog)
             with self.db_lock:
                 if self.checkpoint_db is not None:
                     self.checkpoint_db.close()
                 self.db.close()
+
+    def _let_waiters_go(self, ended: bool) -> None:
+        """Nothing more is read from the queue: settle what is still in it (a reader's flush that came after
+        the stop marker; rows of a writer that failed, as errors) rather than leave anyone waiting."""
+        with self.stop_lock:
+            self.stopped = True
+        left: list[_Item] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None and item[1] is not None:
+                left.append(item)
+        stopped = RuntimeError(f"{self.where}: the writer thread stopped before this record was written")
+        self._settle(left, {} if ended else {id(item): stopped for item in left if item[0] is not _FLUSH})
 
     def checkpoint_due(self) -> bool:
         return self.commits + self.inline_commits - self._checkpointed >= _CHECKPOINT_EVERY
@@ -708,7 +733,7 @@ class Ledger:
         if self.history is not None:
             self._writer.idle_work = self.history.pack_quietly
         self._journal = None
-        if self._use_journal and _journal.available():
+        if self._use_journal and _journal.usable():
             try:
                 self._journal = Journal(self.path)
             except OSError as exc:  # a folder we may not create files in: commit on the request path instead
@@ -773,7 +798,10 @@ class Ledger:
             if loop is not None and writer.queue.empty() and not writer.backlog and self._commit_inline(writer, row):
                 return None  # an idle writer and no burst: committed already
             waiter: _Waiter = Future() if loop is None else loop.create_future()
-            writer.queue.put((row, waiter))
+            with writer.stop_lock:
+                if writer.stopped:  # the writer failed (and said so): the record stays in memory
+                    return None
+                writer.queue.put((row, waiter))
             return waiter
 
     @staticmethod
@@ -800,7 +828,10 @@ class Ledger:
                 or not writer.is_alive() or threading.current_thread() in (writer, writer._packer)):
             return
         done: Future[None] = Future()
-        writer.queue.put((_FLUSH, done))
+        with writer.stop_lock:
+            if writer.stopped:  # closed meanwhile: it committed what waited
+                return
+            writer.queue.put((_FLUSH, done))
         with contextlib.suppress(TimeoutError):  # (the writer settles it after one commit attempt)
             done.result(timeout=_CLOSE_PATIENCE_S)
 
@@ -824,8 +855,8 @@ class Ledger:
                 writer.queue.put(_CHECKPOINT_DUE)
             return True
         except Exception:  # locked, or a row SQLite refuses: the writer deals with it
-            if writer.db.in_transaction:  # an autocommit statement rolls itself back; never leave one open
-                with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error):  # (closed, if the writer failed)
+                if writer.db.in_transaction:  # an autocommit statement rolls itself back; never leave one open
                     writer.db.execute("ROLLBACK")
             return False
         finally:
