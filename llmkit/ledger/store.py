@@ -330,7 +330,7 @@ def _insert_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     takes it back for every row, and while an event loop keeps the CPU busy a thread gets it back only every
     ``sys.getswitchinterval()`` (5 ms), so a burst of 100,000 records took minutes to commit while the
     journal grew (20,000 rows against a spinning thread: executemany 83 s, 256 rows a statement 0.65 s,
-    1,024 rows 0.22 s). Statements take ``_ROWS_A_STATEMENT`` rows, the rest go in halving sizes (a handful of
+    1,000 rows 0.22 s). Statements take ``_ROWS_A_STATEMENT`` rows, the rest go in halving sizes (a handful of
     statements, each compiled once and kept)."""
     at, size = 0, _ROWS_A_STATEMENT
     while at < len(rows):
