@@ -80,6 +80,7 @@ class Journal:
 
     def __init__(self, ledger: Path) -> None:
         assert fcntl is not None
+        ledger = ledger.resolve()  # (beside the file itself: an open through a symlink replays the same journals)
         owner = f"{os.getpid()}-{secrets.token_hex(4)}"
         self.paths = (_segment(ledger, owner, "a"), _segment(ledger, owner, "b"))
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
@@ -177,6 +178,7 @@ def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
     writer would have. Returns how many were added."""
     if fcntl is None:
         return 0
+    ledger = ledger.resolve()
     added = 0
     for first in _dead_candidates(ledger):
         try:

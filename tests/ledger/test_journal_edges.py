@@ -149,3 +149,16 @@ def test_replay_waits_for_a_write_lock_held_a_moment_by_another_process(tmp_path
             t.join()
         holder.close()
     assert ids == ["req-1"]
+
+
+@pytest.mark.timeout(60)
+def test_a_journal_written_through_a_symlink_is_replayed_by_an_open_of_the_file_itself(tmp_path: Path) -> None:
+    path = tmp_path / "real.sqlite3"
+    Ledger(path).close()
+    link = tmp_path / "link.sqlite3"
+    link.symlink_to(path)
+    dead_journal(link, [rec(1)])
+    assert journals(path) != []  # named after the file itself, not the link
+    with Ledger(path):
+        pass
+    assert in_file(path) == ["req-1"] and journals(path) == []
