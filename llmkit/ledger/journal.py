@@ -26,6 +26,7 @@ import secrets
 import sqlite3
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -207,8 +208,8 @@ def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
 
 def _sweep(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
            scrub: Callable[[tuple[Any, ...]], tuple[Any, ...]]) -> int:
-    """Files of journals killed half made or half deleted: a ``-new`` nobody holds (killed before its
-    rename; empty), a ``-b`` with no ``-a`` and no held ``-new`` (killed between ``close``'s two unlinks,
+    """Files of journals killed half made or half deleted: a ``-new`` nobody holds, a minute old (killed
+    before its rename; empty), a ``-b`` with no ``-a`` and no held ``-new`` (killed between ``close``'s two unlinks,
     or during ``__init__``). A living owner always holds its ``-new`` or has its ``-a``."""
     prefix = f"{ledger.name}{_MARK}"
     added = 0
@@ -222,6 +223,8 @@ def _sweep(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
         path = ledger.with_name(name)
         stem = name.rsplit("-", 1)[0]
         fresh, first = ledger.with_name(f"{stem}-new"), ledger.with_name(f"{stem}-a")
+        if name.endswith("-new") and not _stale(path):  # made just now: its maker may not hold it yet
+            continue
         if _held(fresh) or (name.endswith("-b") and first.exists()):  # (in this order: see __init__)
             continue
         try:
@@ -239,6 +242,17 @@ def _began(rows: list[tuple[Any, ...]]) -> float:
     """The time of a journal file's first record (rows are in ``FIELDS`` order: request id, then time)."""
     first = rows[0] if rows else ()
     return first[1] if len(first) > 1 and isinstance(first[1], (int, float)) else float("inf")
+
+
+#: A ``-new`` file older than this is a killed maker's (a living one renames it microseconds after making it).
+_STALE_S = 60.0
+
+
+def _stale(path: Path) -> bool:
+    try:
+        return time.time() - os.stat(path).st_mtime > _STALE_S
+    except OSError:
+        return False
 
 
 def _held(path: Path) -> bool:

@@ -412,7 +412,7 @@ class _Writer(threading.Thread):
             self._stop_packing.set()
             if self._packer is not None:
                 self._packer.join(_PACKER_JOIN_S)
-            self._let_waiters_go(ended)
+            self._let_waiters_go()
             if not self.backlog and ended:
                 self._checkpoint()
             if self.journal is not None:  # kept for the next process to replay if rows never landed
@@ -422,9 +422,9 @@ class _Writer(threading.Thread):
                     self.checkpoint_db.close()
                 self.db.close()
 
-    def _let_waiters_go(self, ended: bool) -> None:
+    def _let_waiters_go(self) -> None:
         """Nothing more is read from the queue: settle what is still in it (a reader's flush that came after
-        the stop marker; rows of a writer that failed, as errors) rather than leave anyone waiting."""
+        the stop marker; rows, as not written) rather than leave anyone waiting."""
         with self.stop_lock:
             self.stopped = True
         left: list[_Item] = []
@@ -436,7 +436,7 @@ class _Writer(threading.Thread):
             if item is not None and item[1] is not None:
                 left.append(item)
         stopped = RuntimeError(f"{self.where}: the writer thread stopped before this record was written")
-        self._settle(left, {} if ended else {id(item): stopped for item in left if item[0] is not _FLUSH})
+        self._settle(left, {id(item): stopped for item in left if item[0] is not _FLUSH})
 
     def checkpoint_due(self) -> bool:
         return self.commits + self.inline_commits - self._checkpointed >= _CHECKPOINT_EVERY
@@ -484,6 +484,8 @@ class _Writer(threading.Thread):
         while True:
             if item is None:
                 running, take = False, True
+                with self.stop_lock:  # no record is let in after this: the take below is the last one
+                    self.stopped = True
                 break
             if item is _JOURNAL_DUE:
                 take = True
@@ -498,6 +500,17 @@ class _Writer(threading.Thread):
                 item = self.queue.get_nowait()
             except queue.Empty:
                 break
+        try:
+            self._take_and_commit(batch, flushes, take, running)
+        except BaseException as exc:  # the writer fails: nobody it took from the queue may wait for ever
+            self._settle(flushes, {})
+            self._settle(batch, {id(item): exc for item in batch})
+            raise
+        if self.checkpoint_due():
+            self._checkpoint()
+        return running
+
+    def _take_and_commit(self, batch: list[_Item], flushes: list[_Item], take: bool, running: bool) -> None:
         segment = journaled = None
         if take and self.take_journaled is not None:
             if running and not flushes:
@@ -514,9 +527,6 @@ class _Writer(threading.Thread):
                 self.journal.clear(segment)  # all in SQLite (or refused, and logged)
             self.journal_done = journaled
         self._settle(flushes, {})
-        if self.checkpoint_due():
-            self._checkpoint()
-        return running
 
     def _idle(self) -> None:
         """Nothing to write for a while: pack a column block (``blocks``) on a thread and connection of
@@ -785,6 +795,8 @@ class Ledger:
                 raise RuntimeError("the ledger is closed")
             if record.request_id in self._ids:
                 raise ValueError(f"request {record.request_id!r} is already in the ledger")
+            if self._writer is not None and self._writer.stopped:  # closing at exit, or its writer failed
+                raise RuntimeError(f"the ledger's writer has stopped: no more records are written to {self.path}")
             self._store(row)
             if self._forked and self.path is not None:  # first write in a forked child: a connection of its own
                 self._forked = False
@@ -799,8 +811,9 @@ class Ledger:
                 return None  # an idle writer and no burst: committed already
             waiter: _Waiter = Future() if loop is None else loop.create_future()
             with writer.stop_lock:
-                if writer.stopped:  # the writer failed (and said so): the record stays in memory
-                    return None
+                if writer.stopped:  # it stopped just now: the record stays in memory only
+                    raise RuntimeError(f"the ledger's writer has stopped: record {record.request_id!r} was not "
+                                       f"written to {self.path}")
                 writer.queue.put((row, waiter))
             return waiter
 

@@ -154,8 +154,10 @@ def test_the_files_of_a_journal_killed_while_it_was_being_created_do_not_stay_fo
     same way.)"""
     path = tmp_path / "l.sqlite3"
     Ledger(path).close()
-    for half in ("new", "b"):  # what the killed process left: created, never renamed
-        (tmp_path / f"l.sqlite3.journal-12345-0badf00d-{half}").touch()
+    for half in ("new", "b"):  # what the killed process left (an hour ago): created, never renamed
+        left = tmp_path / f"l.sqlite3.journal-12345-0badf00d-{half}"
+        left.touch()
+        os.utime(left, (left.stat().st_atime - 3600, left.stat().st_mtime - 3600))
     (tmp_path / "l.sqlite3.journal-12346-0badf00e-b").touch()  # killed inside Journal.close
     with Ledger(path):
         pass
