@@ -121,7 +121,11 @@ def _utf8(name: str, text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)") from None
+        raise _lone_surrogate(name) from None
+
+
+def _lone_surrogate(name: str) -> InvalidRequestError:
+    return InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)")
 
 
 def encodable(name: str, value: Any) -> bytes:
@@ -132,7 +136,7 @@ def encodable(name: str, value: Any) -> bytes:
     try:
         return _STRICT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidRequestError(f"{name}: contains a lone surrogate (not valid UTF-8 text)") from None
+        raise _lone_surrogate(name) from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidRequestError(f"{name}: expected JSON-serialisable values ({exc})") from None
 

@@ -40,8 +40,9 @@ except ImportError:  # pragma: no cover - Windows
 
 #: How long the writer lets journaled records gather before it commits them (one wake-up and one
 #: transaction for all of them). Readers in this process never wait for it (``Ledger.flush``). Sequential
-#: calls on loopback (``bench_overhead``) paid +73 µs a call over the memory ledger at 10 ms (12 records a
-#: commit), +18 µs at 50 ms (44 a commit), +13 µs at 200 ms: the writer's wake-ups and commits take the GIL.
+#: calls on loopback (a scratch A/B like ``bench_overhead``'s SQLite rows) paid +73 µs a call over the memory
+#: ledger at 10 ms (12 records a commit), +18 µs at 50 ms (44 a commit), +13 µs at 200 ms: the writer's
+#: wake-ups and commits take the GIL.
 LINGER_S = 0.05
 
 _LENGTH = struct.Struct("<I")
@@ -181,7 +182,7 @@ def replay(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
         return 0
     ledger = ledger.resolve()
     added = 0
-    for first in _dead_candidates(ledger):
+    for first in _files(ledger, ("-a",)):
         try:
             fd = os.open(first, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
         except OSError:
@@ -211,16 +212,9 @@ def _sweep(ledger: Path, db: sqlite3.Connection, insert: str, width: int,
     """Files of journals killed half made or half deleted: a ``-new`` nobody holds, a minute old (killed
     before its rename; empty), a ``-b`` with no ``-a`` and no held ``-new`` (killed between ``close``'s two unlinks,
     or during ``__init__``). A living owner always holds its ``-new`` or has its ``-a``."""
-    prefix = f"{ledger.name}{_MARK}"
     added = 0
-    try:
-        names = sorted(os.listdir(ledger.parent))
-    except OSError:
-        return 0
-    for name in names:
-        if not name.startswith(prefix) or not name.endswith(("-new", "-b")):
-            continue
-        path = ledger.with_name(name)
+    for path in _files(ledger, ("-new", "-b")):  # (listed again: replay has just deleted the journals it took)
+        name = path.name
         stem = name.rsplit("-", 1)[0]
         fresh, first = ledger.with_name(f"{stem}-new"), ledger.with_name(f"{stem}-a")
         if name.endswith("-new") and not _stale(path):  # made just now: its maker may not hold it yet
@@ -270,14 +264,15 @@ def _held(path: Path) -> bool:
         os.close(fd)
 
 
-def _dead_candidates(ledger: Path) -> list[Path]:
-    """The first files of every journal beside ``ledger`` (compared as text: its name may hold ``[``)."""
+def _files(ledger: Path, ends: tuple[str, ...]) -> list[Path]:
+    """The journal files beside ``ledger`` whose names end in one of ``ends``, sorted (names are compared as
+    text, not globbed: the ledger's name may hold ``[``)."""
     prefix = f"{ledger.name}{_MARK}"
     try:
         names = os.listdir(ledger.parent)
     except OSError:
         return []
-    return sorted(ledger.with_name(name) for name in names if name.startswith(prefix) and name.endswith("-a"))
+    return sorted(ledger.with_name(name) for name in names if name.startswith(prefix) and name.endswith(ends))
 
 
 def _read(path: Path) -> Iterator[tuple[Any, ...]]:

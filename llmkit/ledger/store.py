@@ -404,10 +404,9 @@ class _Writer(threading.Thread):
             self._stop_packing.set()
             self._flush_at_close()
             ended = True
-        except BaseException:
+        except BaseException:  # (logged here, not raised again: the thread's excepthook would print it twice)
             logger.exception("%s: the writer thread failed; records go on in memory and stay in the journal "
                              "for the next open", self.where)
-            raise
         finally:
             self._stop_packing.set()
             if self._packer is not None:

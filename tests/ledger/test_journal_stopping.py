@@ -21,7 +21,6 @@ pytestmark = pytest.mark.skipif(not journal.available(), reason="no fcntl: recor
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_writer_that_fails_mid_commit_settles_the_waiter_of_the_row_it_was_writing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """_Writer.run settles, on a failure, only what is still in the queue (_let_waiters_go). The rows (and
