@@ -105,11 +105,22 @@ async def test_a_read_on_another_thread_during_close_does_not_wait_out_the_flush
 
     old, writer.queue = writer.queue, Queue()
     old.put(store._CHECKPOINT_DUE)  # (wakes the writer, which then reads the new queue)
+    taken = threading.Event()
+    take = writer.take_journaled
+    assert take is not None
+
+    def take_and_tell() -> Any:
+        rows = take()
+        taken.set()
+        return rows
+
+    writer.take_journaled = take_and_tell
     flusher = None
     try:
         with writer.db_lock:  # the writer cannot commit: req-1 waits in the journal
             await ledger.append(rec(1))
-            closer = threading.Thread(target=ledger.close)
+            assert await asyncio.to_thread(taken.wait, 30)  # the writer holds req-1, stuck before its commit,
+            closer = threading.Thread(target=ledger.close)  # so the stop marker stays in the queue
             closer.start()
             assert await asyncio.to_thread(stopping.wait, 30)  # close() has queued the writer's stop marker
             flusher = threading.Thread(target=ledger.flush, daemon=True)  # a reader on another thread
